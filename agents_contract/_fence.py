@@ -1,0 +1,57 @@
+"""The Redis fence: the synchronous record of killed sessions, shared by workers and agents.
+
+Kafka carries kills to agents that are listening; the fence stops the ones that were not. The worker writes
+the signed command here before it publishes it, and an agent reads it when it attaches, so a session killed
+while its agent was down, restarting or not yet started stays killed. Redis is reached only through this
+module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from agents_contract._commands import KillCommand, encode_command, parse_command
+
+_PREFIX: Final = "tripwire:fence:session:"
+_READY: Final = "tripwire:worker:ready:"
+
+
+class Fence:
+    """Killed sessions in Redis, keyed by session_id; the value is the signed kill command."""
+
+    def __init__(self, url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._ttl_s = ttl_s
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def kill(self, commands: list[KillCommand]) -> None:
+        """Record session kills; the first command for a session wins, later ones keep it."""
+        if not commands:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.set(_PREFIX + command.target, encode_command(command), nx=True, ex=self._ttl_s)
+            await pipe.execute()
+
+    async def lookup(self, session_id: str) -> KillCommand | None:
+        raw = await self._redis.get(_PREFIX + session_id)
+        return None if raw is None else parse_command(raw)
+
+    async def release(self, session_id: str) -> bool:
+        """Clear a session's kill; True when there was one."""
+        return bool(await self._redis.delete(_PREFIX + session_id))
+
+    async def mark_worker_ready(self, app_id: str, at_ms: int) -> None:
+        """Record that a worker of `app_id` finished a rebalance and is judging events (a health signal)."""
+        await self._redis.set(_READY + app_id, str(at_ms), ex=self._ttl_s)
+
+    async def worker_ready_at(self, app_id: str) -> int | None:
+        raw = await self._redis.get(_READY + app_id)
+        return None if raw is None else int(raw)

@@ -1,0 +1,93 @@
+"""Per-session state: what the detectors know about one session, small enough to keep for every session.
+
+The worker keeps one `SessionState` per active session in memory and checkpoints it to a changelog, so the
+state must stay compact (a few hundred bytes, no event history) and serialise without a schema library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+
+from agents_contract import AgentEvent, ToolCalled, TurnCompleted, TurnStarted
+
+_WINDOW_BITS: Final = 64
+_WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
+_FORMAT: Final = 1
+
+
+@dataclass(slots=True)
+class SessionState:
+    session_id: str
+    tenant_id: str = ""
+    user_id: str = ""
+    steps: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    events: int = 0
+    first_event_ms: int = 0
+    last_event_ms: int = 0
+    # The detector whose verdict killed the session; a killed session is not judged again.
+    killed_by: str | None = None
+    # Replay filter per emitting agent: [highest seq seen, bitmap of the 64 seqs below it].
+    seen: dict[str, list[int]] = field(default_factory=dict)
+
+    def accept(self, agent_id: str, seq: int) -> bool:
+        """True the first time (agent_id, seq) is seen; False for a replay or one too far behind to tell."""
+        window = self.seen.get(agent_id)
+        if window is None:
+            self.seen[agent_id] = [seq, 1]
+            return True
+        top, mask = window
+        if seq > top:
+            shift = seq - top
+            window[0] = seq
+            window[1] = ((mask << shift) | 1) & _WINDOW_MASK if shift < _WINDOW_BITS else 1
+            return True
+        behind = top - seq
+        if behind >= _WINDOW_BITS or mask >> behind & 1:
+            return False
+        window[1] = mask | (1 << behind)
+        return True
+
+    def apply(self, event: AgentEvent) -> None:
+        """Account one accepted event: steps are LLM turns and tool calls begun; usage comes with turns."""
+        self.events += 1
+        if not self.first_event_ms or event.event_time_ms < self.first_event_ms:
+            self.first_event_ms = event.event_time_ms
+        self.last_event_ms = max(self.last_event_ms, event.event_time_ms)
+        if not self.tenant_id:
+            self.tenant_id, self.user_id = event.tenant_id, event.user_id
+        if isinstance(event, TurnStarted | ToolCalled):
+            self.steps += 1
+        elif isinstance(event, TurnCompleted):
+            self.tokens += event.input_tokens + event.output_tokens
+            self.cost_usd += event.cost_usd
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            [
+                _FORMAT,
+                self.session_id,
+                self.tenant_id,
+                self.user_id,
+                self.steps,
+                self.tokens,
+                self.cost_usd,
+                self.events,
+                self.first_event_ms,
+                self.last_event_ms,
+                self.killed_by,
+                self.seen,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> SessionState:
+        fmt, *fields = orjson.loads(raw)
+        if fmt != _FORMAT:
+            raise ValueError(f"session state format {fmt} is not readable by this version (reads {_FORMAT})")
+        sid, tenant, user, steps, tokens, cost, events, first, last, killed_by, seen = fields
+        return cls(sid, tenant, user, steps, tokens, cost, events, first, last, killed_by, seen)

@@ -1,0 +1,41 @@
+"""The alert record on `guardrail.alerts`: what sinks deliver, self-contained and free of raw content."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+    alert_id: Annotated[str, Field(min_length=1, max_length=128)]
+    severity: Severity
+    failure_class: str
+    detector: str
+    # What Tripwire did: `killed` (enforce), `warned`, or `observed` (shadow).
+    action: Literal["killed", "warned", "observed"]
+    session_id: str
+    tenant_id: str
+    user_id: str
+    agent_id: str
+    reason: str
+    observed: float
+    threshold: float
+    event_id: str
+    event_time_ms: int
+    detected_at_ms: int
+    command_id: str | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump())
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Alert:
+        return cls.model_validate(orjson.loads(raw))

@@ -1,0 +1,7 @@
+"""`python -m streams` is the `tripwire` command."""
+
+import sys
+
+from streams._cli import main
+
+sys.exit(main())

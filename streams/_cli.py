@@ -1,0 +1,151 @@
+"""`tripwire`: the command line for operators and first-time users.
+
+    tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on embedded servers
+    tripwire worker --config FILE                               run a worker (creates topics first)
+    tripwire topics create --config FILE                        create every topic, idempotently
+    tripwire config check FILE                                  validate a config file, explain errors
+    tripwire schema                                             the wire contract as JSON Schema
+    tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+
+from agents_contract import Fence, contract_json_schema
+from streams._config import ConfigError, Settings, load_settings
+from streams._kafka import ensure_topics, topic_specs, wait_for_broker
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tripwire", description="Runtime guardrail for multi-agent LLM systems.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    p = sub.add_parser("schema", help="print the wire contract as JSON Schema")
+    p.set_defaults(run=_schema)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(metavar="ACTION")
+    c = csub.add_parser("check", help="validate a config file and explain every error by key")
+    c.add_argument("file", type=Path)
+    c.set_defaults(run=_config_check)
+
+    p = sub.add_parser("topics", help="topic administration")
+    tsub = p.add_subparsers(metavar="ACTION")
+    t = tsub.add_parser("create", help="create every Tripwire topic that does not exist")
+    t.add_argument("--config", type=Path)
+    t.set_defaults(run=_topics_create)
+
+    p = sub.add_parser("worker", help="run a stream worker")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(run=_worker)
+
+    p = sub.add_parser("demo", help="run simulated agents against a worker, on embedded servers by default")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object with the results")
+    p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
+    p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
+    p.set_defaults(run=_demo)
+
+    p = sub.add_parser("bench", help="measure throughput and kill latency")
+    p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
+    p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
+    p.add_argument("--events", type=int, default=100_000, help="events in the throughput run")
+    p.add_argument("--kills", type=int, default=50, help="kills timed under background load")
+    p.add_argument("--background-rate", type=int, default=2_000, help="background events/s during kill timing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_bench)
+    return parser
+
+
+def _schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(orjson.dumps(contract_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file)
+    d, t = settings.detectors, settings.topics
+    print(f"{args.file}: valid")
+    print(f"  kafka {settings.kafka.bootstrap}, redis {settings.redis.url}")
+    print(f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: {t.partitions} partitions, x{t.replication}")
+    print(f"  ceilings: steps {d.max_steps}, tokens {d.max_tokens}, cost USD {d.max_cost_usd}")
+    return 0
+
+
+async def prepare(settings: Settings) -> None:
+    """Wait for Kafka and Redis, then create the topics: what a worker does before it joins the group."""
+    await wait_for_broker(settings.kafka.bootstrap)
+    fence = Fence(settings.redis.url)
+    try:
+        await fence.ping()
+    except Exception as exc:
+        raise ConfigError(f"redis.url: cannot reach {settings.redis.url}: {exc}") from None
+    finally:
+        await fence.close()
+    for outcome in await ensure_topics(settings.kafka.bootstrap, topic_specs(settings)):
+        logging.getLogger("tripwire.topics").info(
+            "topic %s: %s (%d partitions)",
+            outcome.spec.name,
+            "created" if outcome.created else "exists",
+            outcome.partitions,
+        )
+
+
+def _topics_create(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    outcomes = asyncio.run(_create(settings))
+    for o in outcomes:
+        state = "created" if o.created else "exists"
+        print(f"{o.spec.name}: {state}, {o.partitions} partitions")
+    return 0
+
+
+async def _create(settings: Settings) -> list:  # type: ignore[type-arg]
+    await wait_for_broker(settings.kafka.bootstrap)
+    return await ensure_topics(settings.kafka.bootstrap, topic_specs(settings))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams._worker import run_worker
+
+    return run_worker(load_settings(args.config))
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streams._demo import run_demo
+
+    return run_demo(json_output=args.json, bootstrap=args.bootstrap, redis_url=args.redis)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from streams._bench import run_bench
+
+    return run_bench(
+        bootstrap=args.bootstrap,
+        redis_url=args.redis,
+        events=args.events,
+        kills=args.kills,
+        background_rate=args.background_rate,
+        json_output=args.json,
+    )

@@ -1,0 +1,154 @@
+"""Tripwire's configuration: one frozen settings object, from a YAML or TOML file plus environment variables.
+
+Environment variables override the file (`TRIPWIRE_KAFKA__BOOTSTRAP=...`, nested keys joined by `__`).
+Every value is checked at start; a bad one stops the process with an error that names the key, the value
+and what is allowed, instead of surfacing as a misbehaving detector hours later.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from agents_contract._commands import MIN_KEY_BYTES
+from detectors import CeilingLimits
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot run; the message lists every bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
+    # Apache Kafka supports idempotent producers; the embedded Tansu broker (memory engine) rejects
+    # InitProducerId, so the embedded set-up turns this off and relies on the worker's replay filter.
+    idempotent_producer: bool = True
+    client_id: str = "tripwire"
+
+
+class RedisSettings(_Section):
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
+    fence_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
+
+
+class TopicSettings(_Section):
+    events: str = "agent.events"
+    dlq: str = "agent.events.dlq"
+    control: str = "agent.control"
+    alerts: str = "guardrail.alerts"
+    partitions: Annotated[int, Field(ge=1, le=10_000)] = 8
+    replication: Annotated[int, Field(ge=1, le=10)] = 1
+    events_retention_ms: Annotated[int, Field(ge=60_000)] = 7 * 24 * 3600 * 1000
+    control_retention_ms: Annotated[int, Field(ge=60_000)] = 7 * 24 * 3600 * 1000
+    dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
+    alerts_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
+
+
+class DetectorSettings(_Section):
+    max_steps: Annotated[int, Field(ge=1)] | None = 50
+    max_tokens: Annotated[int, Field(ge=1)] | None = 500_000
+    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 10.0
+
+    def limits(self) -> CeilingLimits:
+        return CeilingLimits(max_steps=self.max_steps, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd)
+
+
+class WorkerSettings(_Section):
+    app_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "tripwire"
+    # Events are judged in batches so that state is checkpointed once per session per batch, not per event.
+    batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
+    rebalance_timeout_s: Annotated[float, Field(ge=1)] = 10.0
+    session_timeout_s: Annotated[float, Field(ge=3)] = 30.0
+    log_level: str = "warning"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        allowed = {"debug", "info", "warning", "error"}
+        if value.lower() not in allowed:
+            raise ValueError(f"must be one of {sorted(allowed)}")
+        return value.lower()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TRIPWIRE_", env_nested_delimiter="__", frozen=True, extra="forbid", validate_default=True
+    )
+
+    signing_key: SecretStr
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    topics: TopicSettings = TopicSettings()
+    detectors: DetectorSettings = DetectorSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_KEY_BYTES} bytes (use 32 random bytes, hex or base64)")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init arguments), so one file serves many deployments.
+        return env_settings, init_settings
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The raw mapping in a YAML (.yaml/.yml) or TOML (.toml) file; ConfigError when it cannot be read."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not {type(data).__name__}")
+    return data
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from `path` (if given), the environment and `overrides`; ConfigError names every bad key."""
+    data = read_config_file(path) if path is not None else {}
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(explain(exc, source=str(path) if path else "environment")) from None
+
+
+def explain(exc: ValidationError, *, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "<secret>" if "signing_key" in key else repr(value)
+        if err["type"] == "missing":
+            lines.append(f"  {key}: required, not set (in the file or TRIPWIRE_{key.upper().replace('.', '__')})")
+        elif err["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key (value {shown}); check the spelling against the README")
+        else:
+            lines.append(f"  {key}: {shown} is not allowed: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""The worker side's Kafka seam outside Faust: topic administration and plain producers for tools.
+
+Topics are always created explicitly with the configured partition counts: brokers that auto-create (Tansu
+does, with 4 partitions) would otherwise pick a count that the session-keyed state cannot follow later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+
+from streams._config import Settings
+
+log = logging.getLogger("tripwire.topics")
+
+_TOPIC_EXISTS = TopicAlreadyExistsError.errno
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    retention_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicOutcome:
+    spec: TopicSpec
+    created: bool
+    # For a topic that existed: its partition count, which may differ from the spec.
+    partitions: int
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    t = settings.topics
+    return [
+        TopicSpec(t.events, t.partitions, t.replication, t.events_retention_ms),
+        TopicSpec(t.dlq, t.partitions, t.replication, t.dlq_retention_ms),
+        TopicSpec(t.control, t.partitions, t.replication, t.control_retention_ms),
+        TopicSpec(t.alerts, t.partitions, t.replication, t.alerts_retention_ms),
+    ]
+
+
+async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0) -> None:
+    """Return once the broker answers a metadata request, or raise TimeoutError naming it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: Exception | None = None
+    while loop.time() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:g}s: {last!r}")
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicOutcome]:
+    """Create the topics that do not exist; report those that do (never alters an existing topic)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = [s for s in specs if s.name not in existing]
+        created: set[str] = set()
+        if wanted:
+            response = await admin.create_topics(
+                [
+                    NewTopic(s.name, s.partitions, s.replication, topic_configs={"retention.ms": str(s.retention_ms)})
+                    for s in wanted
+                ]
+            )
+            for topic, code, message in _topic_errors(response):
+                if code == 0:
+                    created.add(topic)
+                elif code != _TOPIC_EXISTS:
+                    raise RuntimeError(f"could not create topic {topic}: error {code}: {message}")
+        counts = await _partition_counts(admin, [s.name for s in specs])
+    finally:
+        await admin.close()
+    outcomes = [TopicOutcome(s, s.name in created, counts.get(s.name, 0)) for s in specs]
+    for o in outcomes:
+        if not o.created and o.partitions != o.spec.partitions:
+            log.warning(
+                "topic %s exists with %d partitions, the configuration says %d; it is left as it is",
+                o.spec.name,
+                o.partitions,
+                o.spec.partitions,
+            )
+    return outcomes
+
+
+def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
+    rows = getattr(response, "topic_errors", [])
+    return [(row[0], row[1], row[2] if len(row) > 2 else None) for row in rows]
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described = await admin.describe_topics(names)
+    return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+class RecordProducer:
+    """A plain producer for tools (demo load, benchmarks, operator commands), not for agents."""
+
+    def __init__(self, bootstrap: str, *, idempotent: bool, linger_ms: int = 0) -> None:
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            enable_idempotence=idempotent,
+            acks="all",
+            linger_ms=linger_ms,
+            max_batch_size=256 * 1024,
+        )
+
+    async def __aenter__(self) -> RecordProducer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._producer.stop()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = await self._producer.send(topic, value, key=key)
+        return future
+
+    async def flush(self) -> None:
+        await self._producer.flush()
+
+
+class TopicReader:
+    """Reads a whole topic from the beginning without a consumer group (tests, `tail`-like tools)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=50,
+        )
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def read(self, timeout_ms: int = 200) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        return [
+            (m.key, m.value, dict(m.headers or ()))
+            for messages in batches.values()
+            for m in messages
+        ]
+
+
+__all__ = [
+    "KafkaConnectionError",
+    "RecordProducer",
+    "TopicOutcome",
+    "TopicReader",
+    "TopicSpec",
+    "ensure_topics",
+    "topic_specs",
+    "wait_for_broker",
+]

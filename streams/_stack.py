@@ -1,0 +1,118 @@
+"""A whole Tripwire on one machine: broker, Redis, topics and a worker process, for the demo and benchmarks.
+
+Given a bootstrap address and a Redis URL it uses those; otherwise it starts the embedded broker and Valkey
+on free loopback ports. Everything it started, it stops.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Self
+
+from agents_contract import AgentGuard
+from detectors import wall_clock
+from streams._config import load_settings
+from streams._embedded import EmbeddedKafka, EmbeddedRedis
+from streams._kafka import ensure_topics, topic_specs, wait_for_broker
+from streams._process import WorkerProcess, write_config
+
+
+class LocalStack:
+    def __init__(
+        self,
+        *,
+        bootstrap: str | None = None,
+        redis_url: str | None = None,
+        detectors: dict[str, Any] | None = None,
+        worker: dict[str, Any] | None = None,
+        partitions: int = 4,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._redis_url = redis_url
+        self._detectors = detectors or {}
+        self._worker_overrides = worker or {}
+        self._partitions = partitions
+        self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-stack-"))
+        self._kafka: EmbeddedKafka | None = None
+        self._redis: EmbeddedRedis | None = None
+        self.worker: WorkerProcess | None = None
+        self.signing_key = secrets.token_hex(32)
+        self.app_id = f"tripwire-{secrets.token_hex(4)}"
+        self.idempotent = True
+
+    @property
+    def bootstrap(self) -> str:
+        assert self._bootstrap is not None
+        return self._bootstrap
+
+    @property
+    def redis_url(self) -> str:
+        assert self._redis_url is not None
+        return self._redis_url
+
+    @property
+    def embedded(self) -> bool:
+        return self._kafka is not None
+
+    def settings_dict(self) -> dict[str, Any]:
+        return {
+            "signing_key": self.signing_key,
+            "kafka": {"bootstrap": self.bootstrap, "idempotent_producer": self.idempotent},
+            "redis": {"url": self.redis_url},
+            "topics": {"partitions": self._partitions},
+            "detectors": self._detectors,
+            # Tansu holds a group join for the whole rebalance timeout, so keep it short on one machine.
+            "worker": {"app_id": self.app_id, "rebalance_timeout_s": 3, "session_timeout_s": 10,
+                       **self._worker_overrides},
+        }
+
+    async def __aenter__(self) -> Self:
+        try:
+            if self._bootstrap is None:
+                self._kafka = EmbeddedKafka(self.workdir / "kafka").start()
+                self._bootstrap = self._kafka.bootstrap
+                self.idempotent = self._kafka.idempotent_producer
+            if self._redis_url is None:
+                self._redis = EmbeddedRedis(workdir=self.workdir / "redis").start()
+                self._redis_url = self._redis.url
+            config = write_config(self.workdir / "tripwire.yaml", self.settings_dict())
+            settings = load_settings(config)
+            await wait_for_broker(self.bootstrap)
+            await ensure_topics(self.bootstrap, topic_specs(settings))
+            await self.start_worker()
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self
+
+    async def start_worker(self) -> WorkerProcess:
+        since = wall_clock()
+        self.worker = WorkerProcess(
+            self.workdir / "tripwire.yaml",
+            app_id=self.app_id,
+            redis_url=self.redis_url,
+            log_path=self.workdir / "worker.log",
+        )
+        self.worker.start()
+        await self.worker.wait_ready(since_ms=since)
+        return self.worker
+
+    def guard(self) -> AgentGuard:
+        return AgentGuard(
+            bootstrap=self.bootstrap,
+            redis_url=self.redis_url,
+            signing_key=self.signing_key,
+            idempotent=self.idempotent,
+        )
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        if self._kafka is not None:
+            self._kafka.stop()
+        if self._redis is not None:
+            self._redis.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
