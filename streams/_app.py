@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from agents_contract import CommandSigner, Fence, encode_command
 from detectors import DetectorSuite, SessionState, ceilings, wall_clock
+from streams import _transport as transport
 from streams._config import Settings
 from streams._pipeline import BatchResult, Pipeline, RawRecord
 
@@ -33,7 +34,7 @@ ACKS = Counter("tripwire_kill_acks_total", "Kill acknowledgements received from 
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
-    return [f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+    return [f"{transport.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
 class _SessionStore:
@@ -63,6 +64,7 @@ class _SessionStore:
 def build_app(settings: Settings) -> faust.App:
     conf = settings.worker
     topics = settings.topics
+    transport.register()
     app = faust.App(
         conf.app_id,
         broker=_broker_urls(settings.kafka.bootstrap),
@@ -80,6 +82,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, conf.session_timeout_s / 3),
         broker_request_timeout=max(90.0, conf.session_timeout_s * 2),
     )
+    app.conf.tripwire_fetch_max_wait_ms = conf.fetch_max_wait_ms
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     events_topic = app.topic(topics.events, partitions=topics.partitions, **raw)
     control_topic = app.topic(topics.control, partitions=topics.partitions, **raw)

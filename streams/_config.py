@@ -67,6 +67,8 @@ class WorkerSettings(_Section):
     # Events are judged in batches so that state is checkpointed once per session per batch, not per event.
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
+    # Bounds how long an idle fetch may wait at the broker; see streams/_transport.py.
+    fetch_max_wait_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
     rebalance_timeout_s: Annotated[float, Field(ge=1)] = 10.0
     session_timeout_s: Annotated[float, Field(ge=3)] = 30.0
     log_level: str = "warning"
