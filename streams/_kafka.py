@@ -130,8 +130,10 @@ class RecordProducer:
     async def __aexit__(self, *exc: object) -> None:
         await self._producer.stop()
 
-    async def send(self, topic: str, key: bytes | None, value: bytes) -> asyncio.Future[object]:
-        future: asyncio.Future[object] = await self._producer.send(topic, value, key=key)
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None
+    ) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = await self._producer.send(topic, value, key=key, partition=partition)
         return future
 
     async def flush(self) -> None:

