@@ -175,7 +175,9 @@ def parse_event(raw: bytes) -> AgentEvent:
         raise ContractError(f"an event is a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ContractError(f"schema_version {version!r} is not supported; this worker reads {SCHEMA_VERSION}")
+        raise ContractError(
+            f"schema_version {version!r} is not supported; this worker reads {SCHEMA_VERSION}"
+        )
     try:
         return _EVENT.validate_python(data)
     except ValidationError as exc:

@@ -41,8 +41,10 @@ class Fence:
             await pipe.execute()
 
     async def lookup(self, session_id: str) -> KillCommand | None:
-        raw = await self._redis.get(_PREFIX + session_id)
-        return None if raw is None else parse_command(raw)
+        raw: bytes | str | None = await self._redis.get(_PREFIX + session_id)
+        if raw is None:
+            return None
+        return parse_command(raw if isinstance(raw, bytes) else raw.encode())
 
     async def release(self, session_id: str) -> bool:
         """Clear a session's kill; True when there was one."""

@@ -17,7 +17,9 @@ from aiokafka.structs import TopicPartition
 class EventPublisher:
     """An idempotent, low-latency producer for agent events (`idempotent=False` for brokers without it)."""
 
-    def __init__(self, bootstrap: str, topic: str, *, idempotent: bool = True, client_id: str = "tripwire-agent"):
+    def __init__(
+        self, bootstrap: str, topic: str, *, idempotent: bool = True, client_id: str = "tripwire-agent"
+    ):
         self.topic = topic
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,

@@ -14,7 +14,10 @@ def contract_json_schema() -> dict[str, Any]:
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "Tripwire wire contract",
         "schema_version": SCHEMA_VERSION,
-        "topics": {"agent.events": "AgentEvent, key = session_id", "agent.control": "KillCommand, key = target"},
+        "topics": {
+            "agent.events": "AgentEvent, key = session_id",
+            "agent.control": "KillCommand, key = target",
+        },
         "AgentEvent": event_json_schema(),
         "KillCommand": KillCommand.model_json_schema(),
     }

@@ -155,7 +155,9 @@ class AgentGuard:
             )
             return
         if command.scope != "session":
-            log.debug("command %s has scope %s, which this SDK does not enforce", command.command_id, command.scope)
+            log.debug(
+                "command %s has scope %s, which this SDK does not enforce", command.command_id, command.scope
+            )
             return
         for session in list(self._sessions.get(command.target, ())):
             session._on_kill(command)
@@ -178,7 +180,7 @@ class GuardedSession:
         self.kill_latency_ms: float | None = None
         self.steps_after_breach: int | None = None
         self._killed = asyncio.Event()
-        self._work: set[asyncio.Task[Any]] = set()
+        self._work: set[asyncio.Future[Any]] = set()
         self._sent_at: OrderedDict[str, float] = OrderedDict()
         self._step_seqs: deque[int] = deque(maxlen=_RECENT_EVENTS)
         self._pending: set[asyncio.Task[None]] = set()
@@ -220,11 +222,15 @@ class GuardedSession:
         task = asyncio.ensure_future(work)
         return await self._watch(task)
 
-    async def call_tool(self, tool_name: str, args: Any, fn: Callable[..., Awaitable[T]], *a: Any, **kw: Any) -> T:
+    async def call_tool(
+        self, tool_name: str, args: Any, fn: Callable[..., Awaitable[T]], *a: Any, **kw: Any
+    ) -> T:
         """Call a tool through the guard: refused once killed, cancelled by a kill, timed and reported."""
         self._gate()
         call_id = uuid.uuid4().hex
-        await self._emit(ToolCalled, step=True, tool_name=tool_name, call_id=call_id, args_digest=digest(args))
+        await self._emit(
+            ToolCalled, step=True, tool_name=tool_name, call_id=call_id, args_digest=digest(args)
+        )
         started = time.perf_counter()
         status, error_type, result_digest = "ok", None, None
         try:

@@ -83,12 +83,17 @@ def build_app(settings: Settings) -> faust.App:
         broker_request_timeout=max(90.0, conf.session_timeout_s * 2),
     )
     app.conf.tripwire_fetch_max_wait_ms = conf.fetch_max_wait_ms
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {
+        "key_type": bytes,
+        "value_type": bytes,
+        "key_serializer": "raw",
+        "value_serializer": "raw",
+    }
     events_topic = app.topic(topics.events, partitions=topics.partitions, **raw)
     control_topic = app.topic(topics.control, partitions=topics.partitions, **raw)
     alerts_topic = app.topic(topics.alerts, partitions=topics.partitions, **raw)
     dlq_topic = app.topic(topics.dlq, partitions=topics.partitions, **raw)
-    table = app.Table("sessions", partitions=topics.partitions, key_type=bytes, value_type=bytes)
+    table: Any = app.Table("sessions", partitions=topics.partitions, key_type=bytes, value_type=bytes)
     table.key_serializer = table.value_serializer = "raw"
 
     signer = CommandSigner(settings.signing_key)
@@ -113,7 +118,9 @@ def build_app(settings: Settings) -> faust.App:
                 "tripwire.source": f"{topics.events}/{record.partition}/{record.offset}".encode(),
             }
             sent.append(await dlq_topic.send(key=record.key, value=record.value or b"", headers=headers))
-            log.warning("dead-lettered %s/%d@%d: %s", topics.events, record.partition, record.offset, letter.reason)
+            log.warning(
+                "dead-lettered %s/%d@%d: %s", topics.events, record.partition, record.offset, letter.reason
+            )
         if sent:
             await asyncio.gather(*sent)
         for command in result.kills:
@@ -130,7 +137,7 @@ def build_app(settings: Settings) -> faust.App:
             DEAD_LETTERS.inc(len(result.dead_letters))
             ACKS.inc(len(result.acks))
 
-    @app.on_rebalance_complete.connect
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def announce_ready(sender: Any, **kwargs: Any) -> None:
         await fence.mark_worker_ready(conf.app_id, wall_clock())
         log.info("tripwire worker %s is judging events (rebalance complete)", conf.app_id)

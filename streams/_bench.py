@@ -1,3 +1,239 @@
-"""placeholder"""
-def run_bench(**kw):  # type: ignore[no-untyped-def]
-    raise NotImplementedError
+"""`make bench`: throughput through one worker and kill latency under background load.
+
+Throughput: a worker process with the step, token and cost ceilings on judges a burst of pre-encoded events
+spread over many sessions; the clock stops when a sentinel session at the end of every partition is killed,
+which proves everything before it on that partition was judged. Three rounds, median reported with the
+spread, because a 2-core machine is noisy.
+
+Kill latency: while a background producer sends healthy events at a fixed rate, probe agents (real SDK
+sessions) publish one breaching turn each; the SDK times the breaching event's send to the kill's arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from agents_contract import (
+    AgentEvent,
+    ToolCalled,
+    ToolReturned,
+    TurnCompleted,
+    TurnStarted,
+    encode_event,
+    parse_command,
+)
+from streams._kafka import RecordProducer, TopicReader
+from streams._stack import LocalStack
+
+BENCH_LIMITS = {"max_steps": 1_000_000, "max_tokens": 10**12, "max_cost_usd": 1_000.0}
+_ROUNDS = 3
+
+
+def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
+    """A realistic mix for one session: turns and tool calls with their completions, cheap and small."""
+    env = {"session_id": session_id, "agent_id": "worker-agent", "tenant_id": "bench", "user_id": "u"}
+    out: list[bytes] = []
+    for i in range(count):
+        seq = seq0 + i
+        common = {
+            **env,
+            "event_id": f"{session_id}-{seq}",
+            "seq": seq,
+            "event_time_ms": 1_700_000_000_000 + seq,
+        }
+        event: AgentEvent
+        match i % 4:
+            case 0:
+                event = TurnStarted(**common, model="gpt-4.1-mini")
+            case 1:
+                event = TurnCompleted(
+                    **common,
+                    model="gpt-4.1-mini",
+                    input_tokens=900,
+                    output_tokens=120,
+                    cost_usd=0.001,
+                    context_tokens=900,
+                    output_digest="ab12",
+                )
+            case 2:
+                event = ToolCalled(**common, tool_name="search", call_id=f"c{seq}", args_digest="cd34")
+            case _:
+                event = ToolReturned(
+                    **common,
+                    tool_name="search",
+                    call_id=f"c{seq}",
+                    status="ok",
+                    result_digest="ef56",
+                    latency_ms=12.5,
+                )
+        out.append(encode_event(event))
+    return out
+
+
+def _sentinel(session_id: str) -> bytes:
+    return encode_event(
+        TurnCompleted(
+            session_id=session_id,
+            agent_id="sentinel",
+            tenant_id="bench",
+            user_id="u",
+            event_id=uuid.uuid4().hex,
+            seq=1,
+            event_time_ms=1_700_000_000_000,
+            model="m",
+            input_tokens=1,
+            output_tokens=1,
+            cost_usd=BENCH_LIMITS["max_cost_usd"] * 2,
+        )
+    )
+
+
+async def _throughput_round(stack: LocalStack, events: int, sessions: int, partitions: int) -> float:
+    per_session = max(1, events // sessions)
+    batch_id = uuid.uuid4().hex[:6]
+    records = [
+        (f"load-{batch_id}-{s}".encode(), value)
+        for s in range(sessions)
+        for value in _session_events(f"load-{batch_id}-{s}", 1, per_session)
+    ]
+    sentinels = {f"sentinel-{batch_id}-{p}": p for p in range(partitions)}
+    async with (
+        TopicReader(stack.bootstrap, stack.topics["control"]) as control,
+        RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer,
+    ):
+        started = time.perf_counter()
+        for key, value in records:
+            await producer.send(stack.topics["events"], key, value)
+        for sid, p in sentinels.items():
+            await producer.send(stack.topics["events"], sid.encode(), _sentinel(sid), partition=p)
+        await producer.flush()
+        pending = set(sentinels)
+        while pending:
+            for _, value, _ in await control.read(timeout_ms=100):
+                if value is not None:
+                    pending.discard(parse_command(value).target)
+            if time.perf_counter() - started > 600:
+                raise TimeoutError(f"sentinels not killed within 600 s: {sorted(pending)}")
+        elapsed = time.perf_counter() - started
+    return len(records) / elapsed
+
+
+async def _background(stack: LocalStack, rate: int, stop: asyncio.Event) -> int:
+    sent = 0
+    batch_id = uuid.uuid4().hex[:6]
+    templates = [(f"bg-{batch_id}-{s}", _session_events(f"bg-{batch_id}-{s}", 1, 400)) for s in range(500)]
+    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=2) as producer:
+        started = time.perf_counter()
+        while not stop.is_set():
+            sid, values = templates[sent % len(templates)]
+            index = (sent // len(templates)) % len(values)
+            await producer.send(stack.topics["events"], sid.encode(), values[index])
+            sent += 1
+            ahead = sent / rate - (time.perf_counter() - started)
+            if ahead > 0.005:
+                await asyncio.sleep(ahead)
+    return sent
+
+
+async def _kill_latencies(stack: LocalStack, kills: int) -> list[float]:
+    latencies: list[float] = []
+    async with stack.guard() as guard:
+        for i in range(kills):
+            session = guard.session(
+                f"probe-{uuid.uuid4().hex[:8]}-{i}", agent_id="probe", tenant_id="bench", user_id="u"
+            )
+            async with session:
+                async with session.turn("m") as turn:
+                    turn.record(input_tokens=1, output_tokens=1, cost_usd=BENCH_LIMITS["max_cost_usd"] * 2)
+                await asyncio.wait_for(session.wait_killed(), 30)
+                if session.kill_latency_ms is not None:
+                    latencies.append(session.kill_latency_ms)
+    return latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def _bench(
+    bootstrap: str | None, redis_url: str | None, events: int, kills: int, rate: int
+) -> dict[str, Any]:
+    partitions = 4
+    async with LocalStack(
+        bootstrap=bootstrap,
+        redis_url=redis_url,
+        detectors=BENCH_LIMITS,
+        partitions=partitions,
+        private_topics=True,
+    ) as stack:
+        broker = "embedded Tansu" if stack.embedded else f"Kafka at {stack.bootstrap}"
+        print(f"bench: broker {broker}, worker ready; {events} events x {_ROUNDS} rounds", file=sys.stderr)
+        rates = []
+        for r in range(_ROUNDS):
+            rates.append(
+                await _throughput_round(stack, events, sessions=max(1, events // 10), partitions=partitions)
+            )
+            print(f"bench: round {r + 1}: {rates[-1]:,.0f} events/s", file=sys.stderr)
+        stop = asyncio.Event()
+        background = asyncio.create_task(_background(stack, rate, stop))
+        try:
+            latencies = await _kill_latencies(stack, kills)
+        finally:
+            stop.set()
+            sent = await background
+    return {
+        "broker": broker,
+        "cpus": os.cpu_count(),
+        "throughput": {
+            "events_per_round": events,
+            "rounds_events_per_s": [round(x) for x in rates],
+            "median_events_per_s": round(statistics.median(rates)),
+            "spread_max_over_min": round(max(rates) / min(rates), 2),
+        },
+        "kill_latency_ms": {
+            "background_events_per_s": rate,
+            "background_events_sent": sent,
+            "kills": len(latencies),
+            "p50": round(_pct(latencies, 0.5), 2) if latencies else None,
+            "p99": round(_pct(latencies, 0.99), 2) if latencies else None,
+            "max": round(max(latencies), 2) if latencies else None,
+        },
+    }
+
+
+def run_bench(
+    *,
+    bootstrap: str | None,
+    redis_url: str | None,
+    events: int,
+    kills: int,
+    background_rate: int,
+    json_output: bool,
+) -> int:
+    logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
+    report = asyncio.run(_bench(bootstrap, redis_url, events, kills, background_rate))
+    if json_output:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return 0
+    t, k = report["throughput"], report["kill_latency_ms"]
+    print(f"broker: {report['broker']}, {report['cpus']} CPUs")
+    print(
+        f"throughput (one worker, ceilings on): median {t['median_events_per_s']:,} events/s over "
+        f"{len(t['rounds_events_per_s'])} rounds of {t['events_per_round']:,} {t['rounds_events_per_s']}, "
+        f"max/min {t['spread_max_over_min']}"
+    )
+    print(
+        f"kill latency (breaching event sent -> kill at the SDK), {k['kills']} kills under "
+        f"{k['background_events_per_s']:,} ev/s background: p50 {k['p50']} ms, p99 {k['p99']} ms, max {k['max']} ms"
+    )
+    return 0

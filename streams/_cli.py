@@ -1,11 +1,11 @@
 """`tripwire`: the command line for operators and first-time users.
 
-    tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on embedded servers
-    tripwire worker --config FILE                               run a worker (creates topics first)
-    tripwire topics create --config FILE                        create every topic, idempotently
-    tripwire config check FILE                                  validate a config file, explain errors
-    tripwire schema                                             the wire contract as JSON Schema
-    tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
+tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on embedded servers
+tripwire worker --config FILE                               run a worker (creates topics first)
+tripwire topics create --config FILE                        create every topic, idempotently
+tripwire config check FILE                                  validate a config file, explain errors
+tripwire schema                                             the wire contract as JSON Schema
+tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tripwire", description="Runtime guardrail for multi-agent LLM systems.")
+    parser = argparse.ArgumentParser(
+        prog="tripwire", description="Runtime guardrail for multi-agent LLM systems."
+    )
     sub = parser.add_subparsers(metavar="COMMAND")
 
     p = sub.add_parser("schema", help="print the wire contract as JSON Schema")
@@ -72,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
     p.add_argument("--events", type=int, default=100_000, help="events in the throughput run")
     p.add_argument("--kills", type=int, default=50, help="kills timed under background load")
-    p.add_argument("--background-rate", type=int, default=2_000, help="background events/s during kill timing")
+    p.add_argument(
+        "--background-rate", type=int, default=2_000, help="background events/s during kill timing"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_bench)
     return parser
@@ -88,7 +92,10 @@ def _config_check(args: argparse.Namespace) -> int:
     d, t = settings.detectors, settings.topics
     print(f"{args.file}: valid")
     print(f"  kafka {settings.kafka.bootstrap}, redis {settings.redis.url}")
-    print(f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: {t.partitions} partitions, x{t.replication}")
+    print(
+        f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: "
+        f"{t.partitions} partitions, replication {t.replication}"
+    )
     print(f"  ceilings: steps {d.max_steps}, tokens {d.max_tokens}, cost USD {d.max_cost_usd}")
     return 0
 

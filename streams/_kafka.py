@@ -77,7 +77,12 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicOut
         if wanted:
             response = await admin.create_topics(
                 [
-                    NewTopic(s.name, s.partitions, s.replication, topic_configs={"retention.ms": str(s.retention_ms)})
+                    NewTopic(
+                        s.name,
+                        s.partitions,
+                        s.replication,
+                        topic_configs={"retention.ms": str(s.retention_ms)},
+                    )
                     for s in wanted
                 ]
             )
@@ -163,11 +168,7 @@ class TopicReader:
 
     async def read(self, timeout_ms: int = 200) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms)
-        return [
-            (m.key, m.value, dict(m.headers or ()))
-            for messages in batches.values()
-            for m in messages
-        ]
+        return [(m.key, m.value, dict(m.headers or ())) for messages in batches.values() for m in messages]
 
 
 __all__ = [

@@ -53,7 +53,9 @@ class WorkerProcess:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self._proc is not None and self._proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {self._proc.returncode}; its log:\n{self.log_tail()}")
+                    raise RuntimeError(
+                        f"worker exited with {self._proc.returncode}; its log:\n{self.log_tail()}"
+                    )
                 ready = await fence.worker_ready_at(self.app_id)
                 if ready is not None and ready >= since_ms:
                     return

@@ -76,8 +76,12 @@ class LocalStack:
             "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,
             # Tansu holds a group join for the whole rebalance timeout, so keep it short on one machine.
-            "worker": {"app_id": self.app_id, "rebalance_timeout_s": 3, "session_timeout_s": 10,
-                       **self._worker_overrides},
+            "worker": {
+                "app_id": self.app_id,
+                "rebalance_timeout_s": 3,
+                "session_timeout_s": 10,
+                **self._worker_overrides,
+            },
         }
 
     async def __aenter__(self) -> Self:

@@ -57,7 +57,10 @@ def redis_url() -> Iterator[str]:
     if BROKER == "kafka":
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("TRIPWIRE_TEST_BROKER=kafka needs Debian's redis-server on PATH (apt-get install redis-server)")
+            pytest.fail(
+                "TRIPWIRE_TEST_BROKER=kafka needs Debian's redis-server on PATH "
+                "(apt-get install redis-server)"
+            )
     with EmbeddedRedis(binary=binary) as redis:
         yield redis.url
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +42,12 @@ def test_turn_completed_uses_opentelemetry_genai_names_on_the_wire() -> None:
 
 def test_tool_error_class_is_error_type() -> None:
     event = ToolReturned(
-        **ENVELOPE, tool_name="search", call_id="c1", status="error", error_type="TimeoutError", latency_ms=3.5
+        **ENVELOPE,
+        tool_name="search",
+        call_id="c1",
+        status="error",
+        error_type="TimeoutError",
+        latency_ms=3.5,
     )
     wire = orjson.loads(encode_event(event))
     assert wire["error.type"] == "TimeoutError"
@@ -69,14 +76,16 @@ def test_invalid_events_are_refused_with_a_reason(raw: bytes, reason: str) -> No
 
 @given(st.binary(max_size=512))
 def test_arbitrary_bytes_never_raise_anything_but_contract_error(raw: bytes) -> None:
-    try:
+    with contextlib.suppress(ContractError):
         parse_event(raw)
-    except ContractError:
-        pass
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=20,
 )
@@ -86,10 +95,8 @@ json_values = st.recursive(
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(st.dictionaries(st.sampled_from([*ENVELOPE, "kind", "gen_ai.tool.name", "status"]), json_values))
 def test_hostile_objects_never_raise_anything_but_contract_error(data: dict[str, object]) -> None:
-    try:
+    with contextlib.suppress(ContractError):
         parse_event(orjson.dumps({**data, "schema_version": 1}))
-    except ContractError:
-        pass
 
 
 def test_schema_covers_every_event_kind_and_the_kill_command() -> None:

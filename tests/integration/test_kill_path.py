@@ -1,4 +1,4 @@
-"""The kill path end to end on a real broker and Redis: agent events in, worker verdict, kill out, agent stops.
+"""The kill path end to end on a real broker and Redis: events in, verdict, kill out, the agent stops.
 
 Each test starts its own worker process with private topics on the session's broker. Nothing waits on a
 sleep: every wait is for a condition, with a deadline that only a broken pipeline reaches.
@@ -15,7 +15,6 @@ import orjson
 import pytest
 
 from agents_contract import (
-    AgentGuard,
     CommandSigner,
     GuardedSession,
     KillCommand,
@@ -60,8 +59,9 @@ async def quick(n: int) -> int:
     return n
 
 
-async def read_topic(stack: LocalStack, topic: str, match: Callable[[bytes | None, bytes | None, dict[str, bytes]], bool]
-                     ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
+async def read_topic(
+    stack: LocalStack, topic: str, match: Callable[[bytes | None, bytes | None, dict[str, bytes]], bool]
+) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     found: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
     async with TopicReader(stack.bootstrap, topic) as reader:
 
@@ -92,7 +92,10 @@ async def test_kill_stops_the_agent_mid_call_and_is_acknowledged(stack: LocalSta
         # The sixth step breaches max_steps=5; the kill must arrive while this call hangs, and cancel it.
         await session.call_tool("slow", {}, slow_tool)
 
-    async with stack.guard() as guard, guard.session("s-kill", agent_id="a1", tenant_id="t", user_id="u") as session:
+    async with (
+        stack.guard() as guard,
+        guard.session("s-kill", agent_id="a1", tenant_id="t", user_id="u") as session,
+    ):
         with pytest.raises(SessionKilled) as killed:
             await session.run(work(session))
         assert not finished_slow_call
@@ -120,7 +123,10 @@ async def test_kill_stops_the_agent_mid_call_and_is_acknowledged(stack: LocalSta
 
 
 async def test_an_agent_attaching_after_the_kill_is_stopped_by_the_fence(stack: LocalStack) -> None:
-    async with stack.guard() as guard, guard.session("s-late", agent_id="a1", tenant_id="t", user_id="u") as first:
+    async with (
+        stack.guard() as guard,
+        guard.session("s-late", agent_id="a1", tenant_id="t", user_id="u") as first,
+    ):
         with pytest.raises(SessionKilled):
             await first.run(runaway(first))
 
@@ -132,7 +138,10 @@ async def test_an_agent_attaching_after_the_kill_is_stopped_by_the_fence(stack: 
 
     # A new process (a restarted agent) attaches to the killed session: it subscribed after the kill was
     # published, so only the fence can tell it.
-    async with stack.guard() as late, late.session("s-late", agent_id="a2", tenant_id="t", user_id="u") as second:
+    async with (
+        stack.guard() as late,
+        late.session("s-late", agent_id="a2", tenant_id="t", user_id="u") as second,
+    ):
         assert second.killed
         with pytest.raises(SessionKilled):
             await second.call_tool("search", {}, must_not_run)
@@ -179,7 +188,10 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_worker_keeps
         for raw in garbage:
             await (await producer.send(stack.topics["events"], b"s-bad", raw))
 
-    async with stack.guard() as guard, guard.session("s-after", agent_id="a1", tenant_id="t", user_id="u") as s:
+    async with (
+        stack.guard() as guard,
+        guard.session("s-after", agent_id="a1", tenant_id="t", user_id="u") as s,
+    ):
         with pytest.raises(SessionKilled):
             await s.run(runaway(s))
 
@@ -195,13 +207,18 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_worker_keeps
     reasons = [headers["tripwire.reason"].decode() for _, _, headers in letters]
     assert reasons[0].startswith("not JSON")
     assert "session_id" in reasons[1]
-    assert all(headers["tripwire.source"].startswith(stack.topics["events"].encode()) for *_, headers in letters)
+    assert all(
+        headers["tripwire.source"].startswith(stack.topics["events"].encode()) for *_, headers in letters
+    )
 
 
 @pytest.mark.limits(max_steps=10)
 async def test_session_state_survives_a_worker_crash(stack: LocalStack) -> None:
     changelog = f"{stack.app_id}-sessions-changelog"
-    async with stack.guard() as guard, guard.session("s-durable", agent_id="a1", tenant_id="t", user_id="u") as s:
+    async with (
+        stack.guard() as guard,
+        guard.session("s-durable", agent_id="a1", tenant_id="t", user_id="u") as s,
+    ):
         for i in range(8):
             await s.call_tool("search", {"q": i}, quick, i)
 

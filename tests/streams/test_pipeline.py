@@ -50,7 +50,8 @@ def test_a_session_is_killed_once_with_a_signed_command_and_an_alert() -> None:
     # Later batches about the same session issue nothing more.
     states.update({sid: st for sid, (st, _) in result.dirty.items()})
     later = p.judge(events(5, 6), states.get)
-    assert later.kills == [] and later.alerts == []
+    assert later.kills == []
+    assert later.alerts == []
 
 
 def test_a_replayed_batch_after_a_crash_counts_nothing_twice() -> None:
