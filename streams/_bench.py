@@ -118,9 +118,9 @@ async def _throughput_round(stack: LocalStack, events: int, sessions: int, parti
         await producer.flush()
         pending = set(sentinels)
         while pending:
-            for _, value, _ in await control.read(timeout_ms=100):
-                if value is not None:
-                    pending.discard(parse_command(value).target)
+            for _, command, _ in await control.read(timeout_ms=100):
+                if command is not None:
+                    pending.discard(parse_command(command).target)
             if time.perf_counter() - started > 600:
                 raise TimeoutError(f"sentinels not killed within 600 s: {sorted(pending)}")
         elapsed = time.perf_counter() - started
@@ -162,7 +162,7 @@ async def _kill_latencies(stack: LocalStack, kills: int) -> list[float]:
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def _bench(
@@ -234,6 +234,7 @@ def run_bench(
     )
     print(
         f"kill latency (breaching event sent -> kill at the SDK), {k['kills']} kills under "
-        f"{k['background_events_per_s']:,} ev/s background: p50 {k['p50']} ms, p99 {k['p99']} ms, max {k['max']} ms"
+        f"{k['background_events_per_s']:,} ev/s background: "
+        f"p50 {k['p50']} ms, p99 {k['p99']} ms, max {k['max']} ms"
     )
     return 0
