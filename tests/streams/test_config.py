@@ -1,0 +1,73 @@
+"""Configuration: files and environment, and errors that tell the operator which key is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streams import ConfigError, load_settings
+from streams._cli import main
+
+KEY = "0123456789abcdef0123456789abcdef"
+
+
+def test_yaml_file_with_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "tripwire.yaml"
+    path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\ntopics:\n  partitions: 3\n")
+    monkeypatch.setenv("TRIPWIRE_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
+    monkeypatch.setenv("TRIPWIRE_DETECTORS__MAX_COST_USD", "2.5")
+    settings = load_settings(path)
+    assert settings.detectors.max_steps == 12
+    assert settings.detectors.max_cost_usd == 2.5
+    assert settings.topics.partitions == 3
+    assert settings.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
+    assert KEY not in repr(settings)
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = tmp_path / "tripwire.toml"
+    path.write_text(f'signing_key = "{KEY}"\n[detectors]\nmax_tokens = 1000\n')
+    assert load_settings(path).detectors.max_tokens == 1000
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("detectors:\n  max_steps: 0\n", "detectors.max_steps: 0 is not allowed"),
+        ("detectors:\n  max_stepz: 5\n", "detectors.max_stepz: unknown key"),
+        ("topics:\n  partitions: many\n", "topics.partitions: 'many' is not allowed"),
+        ("redis:\n  url: localhost:6379\n", "redis.url: 'localhost:6379' is not allowed"),
+        ("worker:\n  log_level: loud\n", "worker.log_level: 'loud' is not allowed"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_value(tmp_path: Path, body: str, expected: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"signing_key: {KEY}\n{body}")
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(path)
+
+
+def test_missing_and_short_signing_keys_are_refused_without_echoing_them(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("detectors: {}\n")
+    with pytest.raises(ConfigError, match="signing_key: required"):
+        load_settings(path)
+    path.write_text("signing_key: hunter2\n")
+    with pytest.raises(ConfigError, match="signing_key: <secret> is not allowed") as caught:
+        load_settings(path)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_config_check_command_explains_and_exits_nonzero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(f"signing_key: {KEY}\n")
+    bad.write_text(f"signing_key: {KEY}\ntopics:\n  replication: 0\n")
+    assert main(["config", "check", str(good)]) == 0
+    assert "valid" in capsys.readouterr().out
+    assert main(["config", "check", str(bad)]) == 2
+    assert "topics.replication: 0" in capsys.readouterr().err
+    assert main(["config", "check", str(tmp_path / "absent.yaml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
