@@ -67,7 +67,10 @@ class ControlSubscription:
             while not partitions:
                 partitions = self._consumer.partitions_for_topic(self.topic)
                 if not partitions:
-                    await self._consumer.force_metadata_update()
+                    # A topic created moments ago may not be in the metadata yet (Apache Kafka propagates
+                    # it asynchronously). aiokafka has no public refresh for a group-less consumer, so ask
+                    # its client directly; the call waits for the next metadata response.
+                    await self._consumer._client.force_metadata_update()
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(tps)
         await self._consumer.seek_to_end(*tps)

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -72,6 +73,7 @@ class ApacheKafka:
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-kafka-"))
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -84,7 +86,7 @@ class ApacheKafka:
 
         script = ROOT / "scripts" / "kafka" / "kraft.sh"
         subprocess.run([str(script), "fetch"], check=True)
-        log = (self.workdir / "kraft.out").open("ab")
+        self._log = log = (self.workdir / "kraft.out").open("ab")
         env = {**os.environ, "CONTROLLER_PORT": str(free_port())}
         self._proc = subprocess.Popen(
             [str(script), "start", str(self.port), str(self.workdir / "node")],
@@ -108,4 +110,6 @@ class ApacheKafka:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._log is not None:
+            self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
