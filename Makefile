@@ -42,5 +42,8 @@ test-kafka: install  ## the integration suite on Apache Kafka (KRaft, jars from 
 bench: install  ## throughput and kill latency on the embedded broker (or BOOTSTRAP=host:port REDIS=redis://...)
 	$(BIN)/tripwire bench $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(REDIS),--redis $(REDIS))
 
+bench-kafka: install  ## the same benchmark on a throwaway Apache Kafka (KRaft) and redis-server
+	scripts/bench-kafka.sh $(BIN)/python
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis scripts/kafka/target

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import orjson
 
-from agents_contract import AgentGuard, GuardedSession, SessionKilled
+from agents_contract import AgentGuard, Fence, GuardedSession, SessionKilled
 from streams._stack import LocalStack
 
 DEMO_LIMITS = {"max_steps": 40, "max_cost_usd": 2.0, "max_tokens": 120_000}
@@ -95,6 +95,7 @@ SCENARIOS = [
 @dataclass
 class Outcome:
     name: str
+    session_id: str
     expected: str
     killed: bool
     detector: str | None
@@ -128,6 +129,7 @@ async def run_scenario(guard: AgentGuard, scenario: Scenario, say: Callable[[str
         kill = session.kill
         return Outcome(
             scenario.name,
+            session_id,
             scenario.expected,
             kill is not None,
             None if kill is None else kill.detector,
@@ -152,6 +154,18 @@ async def _demo(json_output: bool, bootstrap: str | None, redis_url: str | None)
         say(f"worker ready (broker {stack.bootstrap}, redis {stack.redis_url}); limits {DEMO_LIMITS}")
         async with stack.guard() as guard:
             outcomes = await asyncio.gather(*(run_scenario(guard, s, say) for s in SCENARIOS))
+        # A healthy session that finished before a (wrong) kill reached it would hide a false kill: wait
+        # until the worker has judged every event, then ask the fence, which records every kill issued.
+        say("waiting for the worker to judge every event, then checking the fence for late kills")
+        await stack.drain()
+        fence = Fence(stack.redis_url)
+        try:
+            for outcome in outcomes:
+                if not outcome.killed and (late := await fence.lookup(outcome.session_id)) is not None:
+                    say(f"{outcome.name}: killed by {late.detector} after it finished ({late.reason})")
+                    outcome.killed, outcome.detector = True, late.detector
+        finally:
+            await fence.close()
     false_kills = sum(1 for o in outcomes if o.expected == "none" and o.killed)
     return {"scenarios": [o.as_dict() for o in outcomes], "false_kills": false_kills}
 

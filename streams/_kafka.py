@@ -10,7 +10,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
@@ -47,22 +47,40 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     ]
 
 
+class _QuietLogger:
+    """Raise one logger's level to CRITICAL for the duration of a `with` block."""
+
+    def __init__(self, name: str) -> None:
+        self._logger = logging.getLogger(name)
+        self._level = self._logger.level
+
+    def __enter__(self) -> None:
+        self._level = self._logger.level
+        self._logger.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)
+
+
 async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0) -> None:
     """Return once the broker answers a metadata request, or raise TimeoutError naming it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: Exception | None = None
-    while loop.time() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (KafkaError, OSError) as exc:
-            last = exc
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
+    # aiokafka logs every refused connection at ERROR; while a broker boots those are expected, and the
+    # TimeoutError below names the last one if it never comes up.
+    with _QuietLogger("aiokafka"):
+        while loop.time() < deadline:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except (KafkaError, OSError) as exc:
+                last = exc
+                await asyncio.sleep(0.2)
+            finally:
+                await admin.close()
     raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:g}s: {last!r}")
 
 
@@ -114,6 +132,28 @@ def _topic_errors(response: object) -> list[tuple[str, int, str | None]]:
 async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
     described = await admin.describe_topics(names)
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
+
+
+async def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+    """Records of `topic` that consumer group `group` has not committed yet (a partition it never
+    committed counts whole). Zero means the group has judged everything produced so far."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    # A consumer that names the group but never subscribes reads its commits without joining it (and so
+    # without triggering a rebalance of the worker).
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        await admin.start()
+        await reader.start()
+        partitions = await _partition_counts(admin, [topic])
+        tps = [TopicPartition(topic, p) for p in range(partitions.get(topic, 0))]
+        ends = await reader.end_offsets(tps) if tps else {}
+        lag = 0
+        for tp in tps:
+            lag += max(0, ends[tp] - (await reader.committed(tp) or 0))
+        return lag
+    finally:
+        await reader.stop()
+        await admin.close()
 
 
 class RecordProducer:
@@ -177,6 +217,7 @@ __all__ = [
     "TopicOutcome",
     "TopicReader",
     "TopicSpec",
+    "consumer_lag",
     "ensure_topics",
     "topic_specs",
     "wait_for_broker",

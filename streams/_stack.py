@@ -6,6 +6,7 @@ on free loopback ports. Everything it started, it stops.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from agents_contract import AgentGuard
 from detectors import wall_clock
 from streams._config import load_settings
 from streams._embedded import EmbeddedKafka, EmbeddedRedis
-from streams._kafka import ensure_topics, topic_specs, wait_for_broker
+from streams._kafka import consumer_lag, ensure_topics, topic_specs, wait_for_broker
 from streams._process import WorkerProcess, write_config
 
 
@@ -116,6 +117,15 @@ class LocalStack:
         self.worker.start()
         await self.worker.wait_ready(since_ms=since)
         return self.worker
+
+    async def drain(self, *, timeout_s: float = 60.0) -> None:
+        """Return once the worker has judged and committed every event produced so far."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (lag := await consumer_lag(self.bootstrap, self.app_id, self.topics["events"])) > 0:
+            if loop.time() > deadline:
+                raise TimeoutError(f"worker {self.app_id} still {lag} events behind after {timeout_s:g}s")
+            await asyncio.sleep(0.1)
 
     def guard(self) -> AgentGuard:
         return AgentGuard(

@@ -71,3 +71,11 @@ def test_config_check_command_explains_and_exits_nonzero(
     assert "topics.replication: 0" in capsys.readouterr().err
     assert main(["config", "check", str(tmp_path / "absent.yaml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_the_shipped_example_file_is_valid_and_states_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "config" / "tripwire.example.yaml"
+    settings = load_settings(example)
+    defaults = load_settings(signing_key=settings.signing_key.get_secret_value())
+    # The example documents the defaults: if a default changes, the example (and the README) must too.
+    assert settings == defaults
