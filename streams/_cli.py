@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
     p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
     p.add_argument("--events", type=int, default=100_000, help="events in the throughput run")
-    p.add_argument("--kills", type=int, default=50, help="kills timed under background load")
+    p.add_argument("--kills", type=int, default=200, help="kills timed under background load")
     p.add_argument(
         "--background-rate", type=int, default=2_000, help="background events/s during kill timing"
     )
