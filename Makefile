@@ -27,17 +27,17 @@ lint: install
 	$(BIN)/mypy --strict $(PACKAGES)
 
 unit: install
-	$(BIN)/pytest -q tests --ignore=tests/integration
+	$(BIN)/pytest -q -m 'not integration' tests
 
 integration: install
-	$(BIN)/pytest -q tests/integration
+	$(BIN)/pytest -q -m integration tests
 
 test: lint  ## lint, types, unit tests and the integration suite on the embedded broker and Valkey
 	$(BIN)/pytest -q tests
 
 test-kafka: install  ## the integration suite on Apache Kafka (KRaft, jars from Maven Central) and redis-server
 	scripts/kafka/kraft.sh fetch
-	TRIPWIRE_TEST_BROKER=kafka $(BIN)/pytest -q tests/integration
+	TRIPWIRE_TEST_BROKER=kafka $(BIN)/pytest -q -m integration tests
 
 bench: install  ## throughput and kill latency on the embedded broker (or BOOTSTRAP=host:port REDIS=redis://...)
 	$(BIN)/tripwire bench $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(REDIS),--redis $(REDIS))

@@ -12,8 +12,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-kport=$(free_port); cport=$(free_port); rport=$(free_port)
+# Three distinct free ports: the sockets are held together while the kernel picks them.
+read -r kport cport rport < <("$PY" -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 
 "$HERE/kafka/kraft.sh" fetch
 CONTROLLER_PORT=$cport "$HERE/kafka/kraft.sh" start "$kport" "$work/kafka" >"$work/kafka.out" 2>&1 &

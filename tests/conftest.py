@@ -82,12 +82,13 @@ class ApacheKafka:
     def __enter__(self) -> ApacheKafka:
         import asyncio
 
-        from streams import wait_for_broker
-
         script = ROOT / "scripts" / "kafka" / "kraft.sh"
         subprocess.run([str(script), "fetch"], check=True)
         self._log = log = (self.workdir / "kraft.out").open("ab")
-        env = {**os.environ, "CONTROLLER_PORT": str(free_port())}
+        controller = free_port()
+        while controller == self.port:  # two probes can return the same free port; Kafka needs both
+            controller = free_port()
+        env = {**os.environ, "CONTROLLER_PORT": str(controller)}
         self._proc = subprocess.Popen(
             [str(script), "start", str(self.port), str(self.workdir / "node")],
             stdout=log,
@@ -96,11 +97,33 @@ class ApacheKafka:
             start_new_session=True,
         )
         try:
-            asyncio.run(wait_for_broker(self.bootstrap, timeout_s=120))
+            asyncio.run(self._wait_up(timeout_s=120))
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    async def _wait_up(self, timeout_s: float) -> None:
+        from streams import wait_for_broker
+
+        assert self._proc is not None
+        for _ in range(int(timeout_s / 2)):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"Apache Kafka exited with {self._proc.returncode}:\n{self._output()}")
+            try:
+                await wait_for_broker(self.bootstrap, timeout_s=2)
+                return
+            except TimeoutError:
+                continue
+        raise TimeoutError(f"Apache Kafka at {self.bootstrap} not up after {timeout_s:g}s:\n{self._output()}")
+
+    def _output(self) -> str:
+        lines: list[str] = []
+        for name in ("kraft.out", "node/logs/format.log", "node/logs/server.log"):
+            path = self.workdir / name
+            if path.exists():
+                lines += [f"--- {name}", *path.read_text(errors="replace").splitlines()[-40:]]
+        return "\n".join(lines)
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None and self._proc.poll() is None:
