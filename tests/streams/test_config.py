@@ -79,3 +79,16 @@ def test_the_shipped_example_file_is_valid_and_states_the_defaults() -> None:
     defaults = load_settings(signing_key=settings.signing_key.get_secret_value())
     # The example documents the defaults: if a default changes, the example (and the README) must too.
     assert settings == defaults
+
+
+def test_the_compose_worker_environment_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
+    environment = compose["services"]["worker"]["environment"]
+    for name, value in environment.items():
+        # ${TRIPWIRE_SIGNING_KEY:?...} is filled in by compose from the operator's shell.
+        monkeypatch.setenv(name, KEY if str(value).startswith("${") else str(value))
+    settings = load_settings()
+    assert settings.kafka.bootstrap == "kafka:29092"
+    assert settings.redis.url == "redis://redis:6379/0"
