@@ -31,14 +31,16 @@ class Fence:
     async def ping(self) -> None:
         await self._redis.ping()
 
-    async def kill(self, commands: list[KillCommand]) -> None:
-        """Record session kills; the first command for a session wins, later ones keep it."""
+    async def kill(self, commands: list[KillCommand]) -> set[str]:
+        """Record session kills; the first command for a session wins, later ones keep it. Returns the
+        sessions this call fenced (those that were not fenced already)."""
         if not commands:
-            return
+            return set()
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.set(_PREFIX + command.target, encode_command(command), nx=True, ex=self._ttl_s)
-            await pipe.execute()
+            written = await pipe.execute()
+        return {command.target for command, ok in zip(commands, written, strict=True) if ok}
 
     async def lookup(self, session_id: str) -> KillCommand | None:
         raw: bytes | str | None = await self._redis.get(_PREFIX + session_id)

@@ -4,6 +4,8 @@ tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on e
 tripwire worker --config FILE                               run a worker (creates topics first)
 tripwire topics create --config FILE                        create every topic, idempotently
 tripwire config check FILE                                  validate a config file, explain errors
+tripwire kill SESSION --reason TEXT [--config FILE]         kill a session by hand (signed, fenced, alerted)
+tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire schema                                             the wire contract as JSON Schema
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
 """
@@ -62,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--config", type=Path)
     p.set_defaults(run=_worker)
+
+    p = sub.add_parser("kill", help="kill a session by hand, through the same signed path as the detectors")
+    p.add_argument("session", help="the session_id to kill")
+    p.add_argument("--reason", required=True, help="why; the agent and the alert carry it")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(run=_kill)
+
+    p = sub.add_parser("tail", help="print a Tripwire topic as JSON lines (from the beginning)")
+    p.add_argument("topic", choices=["control", "alerts", "dlq"])
+    p.add_argument("--config", type=Path)
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new records")
+    p.set_defaults(run=_tail)
 
     p = sub.add_parser("demo", help="run simulated agents against a worker, on embedded servers by default")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object with the results")
@@ -137,6 +151,35 @@ def _worker(args: argparse.Namespace) -> int:
     from streams._worker import run_worker
 
     return run_worker(load_settings(args.config))
+
+
+def _kill(args: argparse.Namespace) -> int:
+    from streams._operator import manual_kill
+
+    settings = load_settings(args.config)
+    command, issued = asyncio.run(manual_kill(settings, args.session, args.reason))
+    if issued:
+        print(f"killed session {args.session}: {command.command_id} published on {settings.topics.control}")
+    else:
+        print(
+            f"session {args.session} was already killed by {command.detector} ({command.reason}); "
+            f"that kill ({command.command_id}) was published again"
+        )
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from streams._operator import tail
+
+    settings = load_settings(args.config)
+
+    async def run() -> None:
+        async for row in tail(settings, args.topic, follow=args.follow):
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+            sys.stdout.flush()
+
+    asyncio.run(run())
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

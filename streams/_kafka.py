@@ -198,6 +198,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=50,
         )
+        self._end: dict[TopicPartition, int] = {}
 
     async def __aenter__(self) -> TopicReader:
         await self._consumer.start()
@@ -205,6 +206,19 @@ class TopicReader:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._consumer.stop()
+
+    async def mark_end(self) -> None:
+        """Remember where the topic ends now, for `caught_up()`."""
+        partitions = self._consumer.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        self._end = await self._consumer.end_offsets(tps) if tps else {}
+
+    async def caught_up(self) -> bool:
+        """True once every record that existed at `mark_end()` has been read."""
+        for tp, end in self._end.items():
+            if end > 0 and await self._consumer.position(tp) < end:
+                return False
+        return True
 
     async def read(self, timeout_ms: int = 200) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms)

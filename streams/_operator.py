@@ -1,0 +1,119 @@
+"""Operator commands: a manual kill through the same signed path the worker uses, and reading the topics.
+
+`tripwire kill SESSION --reason TEXT` writes the Redis fence, publishes a signed kill on the control topic and
+an alert, exactly as a detector verdict does, so an agent cannot tell a manual kill from an automatic one
+except by its `detector` ("manual"). `tripwire tail control|alerts|dlq` prints a topic as JSON lines: kill
+commands with whether their signature verifies, dead letters with their reason and source offset.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from agents_contract import (
+    CommandSigner,
+    ContractError,
+    Fence,
+    KillCommand,
+    encode_command,
+    kill_command_id,
+    parse_command,
+)
+from detectors import wall_clock
+from sinks import Alert
+from streams._config import Settings
+from streams._kafka import RecordProducer, TopicReader
+
+MANUAL = "manual"
+TailTopic = Literal["control", "alerts", "dlq"]
+
+
+async def manual_kill(settings: Settings, session_id: str, reason: str) -> tuple[KillCommand, bool]:
+    """Kill a session by hand; returns the command in force and whether this call issued it.
+
+    A session that is already fenced keeps its first kill: that command is published again (agents that
+    missed it get another chance), and no new alert is raised.
+    """
+    signer = CommandSigner(settings.signing_key)
+    command = signer.sign(
+        KillCommand(
+            command_id=kill_command_id(session_id, MANUAL),
+            target=session_id,
+            reason=reason,
+            detector=MANUAL,
+            evidence={"failure_class": "operator", "operator": getpass.getuser()},
+            issued_at_ms=wall_clock(),
+        )
+    )
+    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
+    try:
+        issued = session_id in await fence.kill([command])
+        in_force = command if issued else (await fence.lookup(session_id) or command)
+    finally:
+        await fence.close()
+    key = session_id.encode()
+    async with RecordProducer(settings.kafka.bootstrap, idempotent=settings.kafka.idempotent_producer) as out:
+        sends = [await out.send(settings.topics.control, key, encode_command(in_force))]
+        if issued:
+            sends.append(await out.send(settings.topics.alerts, key, _alert(command).to_bytes()))
+        for sent in sends:
+            await sent
+    return in_force, issued
+
+
+def _alert(command: KillCommand) -> Alert:
+    return Alert(
+        alert_id=command.command_id,
+        severity="critical",
+        failure_class="operator",
+        detector=MANUAL,
+        action="killed",
+        session_id=command.target,
+        tenant_id="",
+        user_id="",
+        agent_id="",
+        reason=command.reason,
+        observed=0,
+        threshold=0,
+        event_id="",
+        event_time_ms=command.issued_at_ms,
+        detected_at_ms=command.issued_at_ms,
+        command_id=command.command_id,
+        evidence=command.evidence,
+    )
+
+
+async def tail(settings: Settings, which: TailTopic, *, follow: bool) -> AsyncIterator[dict[str, Any]]:
+    """The topic's records from the beginning as dicts; without `follow`, stops at the end as of the call."""
+    topic = {"control": settings.topics.control, "alerts": settings.topics.alerts, "dlq": settings.topics.dlq}
+    signer = CommandSigner(settings.signing_key)
+    async with TopicReader(settings.kafka.bootstrap, topic[which]) as reader:
+        await reader.mark_end()
+        while follow or not await reader.caught_up():
+            for key, value, headers in await reader.read(timeout_ms=200):
+                yield _describe(which, signer, key, value or b"", headers)
+
+
+def _describe(
+    which: TailTopic, signer: CommandSigner, key: bytes | None, value: bytes, headers: dict[str, bytes]
+) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": None if key is None else key.decode(errors="replace")}
+    if which == "dlq":
+        row["reason"] = headers.get("tripwire.reason", b"").decode(errors="replace")
+        row["source"] = headers.get("tripwire.source", b"").decode(errors="replace")
+        row["raw_base64"] = base64.b64encode(value[:4096]).decode()
+        row["raw_bytes"] = len(value)
+        return row
+    if which == "control":
+        try:
+            command = parse_command(value)
+        except ContractError as exc:
+            return {**row, "error": f"not a command: {exc.reason}"}
+        return {**row, "verified": signer.verify(command), **command.model_dump()}
+    try:
+        return {**row, **Alert.from_bytes(value).model_dump()}
+    except ValueError as exc:
+        return {**row, "error": f"not an alert: {exc}"}

@@ -1,0 +1,104 @@
+"""Operator commands on a real broker, Redis and worker: a manual kill stops an agent; tail shows topics."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from agents_contract import SessionKilled
+from streams import RecordProducer, Settings, load_settings
+from streams._operator import manual_kill, tail
+from streams._stack import LocalStack
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors={"max_steps": 1000, "max_tokens": None, "max_cost_usd": None},
+        private_topics=True,
+    ) as s:
+        yield s
+
+
+def settings_of(stack: LocalStack) -> Settings:
+    return load_settings(stack.workdir / "tripwire.yaml")
+
+
+async def rows(settings: Settings, topic: Any) -> list[dict[str, Any]]:
+    return [row async for row in tail(settings, topic, follow=False)]
+
+
+async def test_a_manual_kill_stops_the_agent_once_and_tail_shows_it_signed(stack: LocalStack) -> None:
+    settings = settings_of(stack)
+    started = asyncio.Event()
+
+    async def long_task() -> None:
+        started.set()
+        await asyncio.sleep(120)
+
+    async with (
+        stack.guard() as guard,
+        guard.session("s-manual", agent_id="a1", tenant_id="t", user_id="u") as session,
+    ):
+        work = asyncio.ensure_future(session.run(long_task()))
+        await started.wait()
+        command, issued = await manual_kill(settings, "s-manual", "runaway spotted on the dashboard")
+        assert issued
+        with pytest.raises(SessionKilled) as killed:
+            await asyncio.wait_for(work, 60)
+        assert killed.value.command.detector == "manual"
+        assert killed.value.command.reason == "runaway spotted on the dashboard"
+
+    # A second kill of the same session re-sends the kill in force and raises no second alert.
+    again, issued_again = await manual_kill(settings, "s-manual", "again")
+    assert (again.command_id, issued_again) == (command.command_id, False)
+
+    control = [r for r in await rows(settings, "control") if r["key"] == "s-manual"]
+    assert [r["verified"] for r in control] == [True, True]
+    assert {r["command_id"] for r in control} == {command.command_id}
+    alerts = [r for r in await rows(settings, "alerts") if r["session_id"] == "s-manual"]
+    assert [(a["detector"], a["action"], a["severity"]) for a in alerts] == [("manual", "killed", "critical")]
+
+    # The command line prints the same, one JSON object per line, and ends at the end of the topic.
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams",
+        "tail",
+        "control",
+        "--config",
+        str(stack.workdir / "tripwire.yaml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(cli.communicate(), 120)
+    assert cli.returncode == 0, err.decode()
+    printed = [orjson.loads(line) for line in out.splitlines()]
+    assert [(r["key"], r["verified"]) for r in printed if r["key"] == "s-manual"] == [("s-manual", True)] * 2
+
+
+async def test_tail_dlq_shows_the_reason_and_the_raw_bytes(stack: LocalStack) -> None:
+    settings = settings_of(stack)
+    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        await (await producer.send(stack.topics["events"], b"s-bad", b"{not json"))
+    deadline = time.monotonic() + 60
+    found: list[dict[str, Any]] = []
+    while not found:
+        assert time.monotonic() < deadline, "the malformed event never reached the DLQ"
+        found = [r for r in await rows(settings, "dlq") if r["key"] == "s-bad"]
+    (row,) = found
+    assert "JSON" in row["reason"]
+    assert row["raw_bytes"] == len(b"{not json")
+    assert row["source"].startswith(stack.topics["events"] + "/")
