@@ -15,7 +15,7 @@ from agents_contract import AgentEvent, ToolCalled, TurnCompleted, TurnStarted
 
 _WINDOW_BITS: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
-_FORMAT: Final = 1
+_FORMAT: Final = 2
 
 
 @dataclass(slots=True)
@@ -33,6 +33,17 @@ class SessionState:
     killed_by: str | None = None
     # Replay filter per emitting agent: [highest seq seen, bitmap of the 64 seqs below it].
     seen: dict[str, list[int]] = field(default_factory=dict)
+    # The kill's life after it was issued (wall-clock ms, 0 = not yet): the worker escalates a kill that no
+    # agent acknowledges in time, once.
+    kill_issued_ms: int = 0
+    acked_ms: int = 0
+    escalated_ms: int = 0
+    # The events partition the session lives on, so a timer can checkpoint it without an event in hand.
+    partition: int = -1
+
+    @property
+    def awaiting_ack(self) -> bool:
+        return self.killed_by is not None and not self.acked_ms and not self.escalated_ms
 
     def accept(self, agent_id: str, seq: int) -> bool:
         """True the first time (agent_id, seq) is seen; False for a replay or one too far behind to tell."""
@@ -81,13 +92,17 @@ class SessionState:
                 self.last_event_ms,
                 self.killed_by,
                 self.seen,
+                self.kill_issued_ms,
+                self.acked_ms,
+                self.escalated_ms,
+                self.partition,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionState:
         fmt, *fields = orjson.loads(raw)
-        if fmt != _FORMAT:
-            raise ValueError(f"session state format {fmt} is not readable by this version (reads {_FORMAT})")
-        sid, tenant, user, steps, tokens, cost, events, first, last, killed_by, seen = fields
-        return cls(sid, tenant, user, steps, tokens, cost, events, first, last, killed_by, seen)
+        if fmt not in (1, _FORMAT):
+            raise ValueError(f"session state format {fmt} is unknown to this version (it reads 1-{_FORMAT})")
+        # Format 1 (before kill acknowledgements were tracked) is format 2 without the last four fields.
+        return cls(*fields)

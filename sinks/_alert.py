@@ -18,8 +18,9 @@ class Alert(BaseModel):
     severity: Severity
     failure_class: str
     detector: str
-    # What Tripwire did: `killed` (enforce), `warned`, or `observed` (shadow).
-    action: Literal["killed", "warned", "observed"]
+    # What Tripwire did: `killed` (enforce), `warned`, `observed` (shadow), or `escalated` (a kill that no
+    # agent acknowledged in time).
+    action: Literal["killed", "warned", "observed", "escalated"]
     session_id: str
     tenant_id: str
     user_id: str

@@ -12,25 +12,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import faust
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from agents_contract import CommandSigner, Fence, encode_command
 from detectors import DetectorSuite, SessionState, ceilings, wall_clock
 from streams import _transport as transport
 from streams._config import Settings
 from streams._pipeline import BatchResult, Pipeline, RawRecord
+from streams._watch import KillWatch, escalation_alert
 
 log = logging.getLogger("tripwire.worker")
 
-EVENTS = Counter("tripwire_events_total", "Agent events judged by this worker")
+EVENTS = Counter("tripwire_events_total", "Agent events judged by this worker", ["kind"])
 DUPLICATES = Counter("tripwire_events_duplicate_total", "Replayed events dropped by the replay filter")
 DEAD_LETTERS = Counter("tripwire_dead_letters_total", "Records sent to the dead-letter topic")
+VERDICTS = Counter("tripwire_verdicts_total", "Detector verdicts", ["detector", "failure_class", "mode"])
 KILLS = Counter("tripwire_kills_total", "Kill commands issued", ["detector"])
-ACKS = Counter("tripwire_kill_acks_total", "Kill acknowledgements received from agents")
+ACKS = Counter("tripwire_kill_acks_total", "Kills of this worker acknowledged by their agent")
+ESCALATIONS = Counter("tripwire_kill_escalations_total", "Kills escalated because no agent acknowledged them")
+UNACKED = Gauge("tripwire_kills_unacknowledged", "Kills issued and not yet acknowledged or escalated")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+KILL_LATENCY = Histogram(
+    "tripwire_kill_latency_seconds",
+    "Breaching event sent -> kill received, as measured and reported by the agent SDK",
+    buckets=_LATENCY_BUCKETS,
+)
+ACK_LATENCY = Histogram(
+    "tripwire_kill_ack_latency_seconds",
+    "Kill issued by the worker -> acknowledgement sent by the agent (wall clocks of both)",
+    buckets=_LATENCY_BUCKETS,
+)
+LAG = Gauge("tripwire_consumer_lag", "Events on agent.events not yet judged, per partition", ["partition"])
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
@@ -52,6 +68,12 @@ class _SessionStore:
         state = SessionState.from_bytes(value)
         data[key] = state
         return state
+
+    def states(self) -> Iterator[SessionState]:
+        for key in list(self._table.data.keys()):
+            state = self.lookup(key.decode())
+            if state is not None:
+                yield state
 
     def checkpoint(self, dirty: dict[str, tuple[SessionState, int]]) -> None:
         data = self._table.data
@@ -126,21 +148,75 @@ def build_app(settings: Settings) -> faust.App:
         for command in result.kills:
             log.warning("killed session %s (%s): %s", command.target, command.detector, command.reason)
 
+    watch = KillWatch(int(conf.kill_ack_timeout_s * 1000))
+    # Next offset to judge per events partition, for the lag gauge.
+    judged: dict[int, int] = {}
+
     @app.agent(events_topic, name="judge")
     async def judge(stream: Any) -> None:
         async for batch in stream.take_events(conf.batch_max, within=conf.batch_within_ms / 1000):
-            result = pipeline.judge(_records(batch), store.lookup)
+            records = _records(batch)
+            result = pipeline.judge(records, store.lookup)
             await act(result)
             store.checkpoint(result.dirty)
-            EVENTS.inc(result.events)
-            DUPLICATES.inc(result.duplicates)
-            DEAD_LETTERS.inc(len(result.dead_letters))
-            ACKS.inc(len(result.acks))
+            for record in records:
+                judged[record.partition] = record.offset + 1
+            observe(result)
+
+    def observe(result: BatchResult) -> None:
+        for kind, count in result.kinds.items():
+            EVENTS.labels(kind).inc(count)
+        DUPLICATES.inc(result.duplicates)
+        DEAD_LETTERS.inc(len(result.dead_letters))
+        for alert in result.alerts:
+            VERDICTS.labels(alert.detector, alert.failure_class, "enforce").inc()
+        for state, _ in result.dirty.values():
+            watch.track(state)
+        for ack, state in result.acks:
+            watch.settle(state.session_id)
+            ACKS.inc()
+            ACK_LATENCY.observe(max(0, ack.event_time_ms - state.kill_issued_ms) / 1000)
+            if ack.kill_latency_ms is not None:
+                KILL_LATENCY.observe(ack.kill_latency_ms / 1000)
+        UNACKED.set(len(watch))
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def escalate_unacknowledged_kills() -> None:
+        now = wall_clock()
+        escalated: dict[str, tuple[SessionState, int]] = {}
+        for session_id in watch.due(now):
+            state = store.lookup(session_id)
+            if state is None or not state.awaiting_ack:
+                continue
+            alert = escalation_alert(state, now, watch.timeout_ms)
+            await (await alerts_topic.send(key=session_id.encode(), value=alert.to_bytes()))
+            state.escalated_ms = now
+            escalated[session_id] = (state, state.partition)
+            ESCALATIONS.inc()
+            log.error("%s", alert.reason)
+        # Only the escalated flag changes; recorded so that a restarted worker does not page again.
+        store.checkpoint(escalated)
+        UNACKED.set(len(watch))
+        for tp in app.consumer.assignment():
+            if tp.topic == topics.events:
+                highwater = app.consumer.highwater(tp) or 0
+                LAG.labels(str(tp.partition)).set(max(0, highwater - judged.get(tp.partition, highwater)))
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def announce_ready(sender: Any, **kwargs: Any) -> None:
+        # Recovery is over: rebuild the kill watch from the states of the partitions this worker now owns.
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+        watch.clear()
+        for state in store.states():
+            if state.partition in owned:
+                watch.track(state)
+        UNACKED.set(len(watch))
         await fence.mark_worker_ready(conf.app_id, wall_clock())
-        log.info("tripwire worker %s is judging events (rebalance complete)", conf.app_id)
+        log.info(
+            "tripwire worker %s is judging events (rebalance complete, %d kills awaiting acknowledgement)",
+            conf.app_id,
+            len(watch),
+        )
 
     return app
 

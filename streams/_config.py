@@ -71,6 +71,11 @@ class WorkerSettings(_Section):
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
     # Bounds how long an idle fetch may wait at the broker; see streams/_transport.py.
     fetch_max_wait_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
+    # A kill that no agent acknowledges within this time is escalated as its own critical alert.
+    kill_ack_timeout_s: Annotated[float, Field(ge=0.5, le=86_400)] = 15.0
+    # Prometheus metrics over HTTP on this port (null: no endpoint).
+    metrics_port: Annotated[int, Field(ge=1, le=65_535)] | None = 9464
+    metrics_host: str = "0.0.0.0"
     rebalance_timeout_s: Annotated[float, Field(ge=1)] = 10.0
     session_timeout_s: Annotated[float, Field(ge=3)] = 30.0
     log_level: str = "warning"

@@ -8,6 +8,7 @@ this module only parses, looks up state and turns verdicts into commands.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -46,7 +47,10 @@ class BatchResult:
     dirty: dict[str, tuple[SessionState, int]] = field(default_factory=dict)
     events: int = 0
     duplicates: int = 0
-    acks: list[ControlAck] = field(default_factory=list)
+    # Events judged, by kind (for metrics).
+    kinds: Counter[str] = field(default_factory=Counter)
+    # Acknowledgements of this worker's kills, with the session state they settled.
+    acks: list[tuple[ControlAck, SessionState]] = field(default_factory=list)
 
 
 StateLookup = Callable[[str], SessionState | None]
@@ -78,6 +82,7 @@ class Pipeline:
                 )
                 continue
             result.events += 1
+            result.kinds[event.kind] += 1
             sid = event.session_id
             entry = dirty.get(sid)
             state = entry[0] if entry is not None else (lookup(sid) or SessionState(sid))
@@ -85,17 +90,29 @@ class Pipeline:
             if observation.duplicate:
                 result.duplicates += 1
                 continue
+            state.partition = record.partition
             dirty[sid] = (state, record.partition)
             if isinstance(event, ControlAck):
-                result.acks.append(event)
+                self._settle(state, event, result)
             for verdict in observation.verdicts:
                 if state.killed_by is not None:
                     break
                 state.killed_by = verdict.detector
                 command = self._kill(verdict)
+                state.kill_issued_ms = command.issued_at_ms
                 result.kills.append(command)
                 result.alerts.append(self._alert(verdict, state, event.agent_id, command))
         return result
+
+    def _settle(self, state: SessionState, ack: ControlAck, result: BatchResult) -> None:
+        """Note the first acknowledgement of this worker's kill; acks of other commands (a manual kill,
+        a repeat from a second agent of the session) change nothing."""
+        if state.killed_by is None or state.acked_ms:
+            return
+        if ack.command_id != kill_command_id(state.session_id, state.killed_by):
+            return
+        state.acked_ms = max(ack.event_time_ms, 1)
+        result.acks.append((ack, state))
 
     def _kill(self, verdict: Verdict) -> KillCommand:
         command = KillCommand(

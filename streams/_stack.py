@@ -16,7 +16,7 @@ from typing import Any, Self
 from agents_contract import AgentGuard
 from detectors import wall_clock
 from streams._config import load_settings
-from streams._embedded import EmbeddedKafka, EmbeddedRedis
+from streams._embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from streams._kafka import consumer_lag, ensure_topics, topic_specs, wait_for_broker
 from streams._process import WorkerProcess, write_config
 
@@ -44,6 +44,7 @@ class LocalStack:
         self._redis: EmbeddedRedis | None = None
         self.worker: WorkerProcess | None = None
         self.signing_key = secrets.token_hex(32)
+        self.metrics_port = free_port()
         self.app_id = f"tripwire-{secrets.token_hex(4)}"
         self.idempotent = True
         # Tests share one broker: private topic names keep one test's events out of the next one's worker.
@@ -66,6 +67,10 @@ class LocalStack:
         return self._redis_url
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
     def embedded(self) -> bool:
         return self._kafka is not None
 
@@ -81,6 +86,8 @@ class LocalStack:
                 "app_id": self.app_id,
                 "rebalance_timeout_s": 3,
                 "session_timeout_s": 10,
+                "metrics_port": self.metrics_port,
+                "metrics_host": "127.0.0.1",
                 **self._worker_overrides,
             },
         }

@@ -6,16 +6,30 @@ import asyncio
 import logging
 
 import faust
+from prometheus_client import start_http_server
 
 from streams._app import build_app
 from streams._cli import prepare
-from streams._config import Settings
+from streams._config import ConfigError, Settings
+
+
+def serve_metrics(settings: Settings) -> None:
+    """The Prometheus endpoint, started before Faust so a taken port stops the worker at once."""
+    port, host = settings.worker.metrics_port, settings.worker.metrics_host
+    if port is None:
+        return
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        raise ConfigError(f"worker.metrics_port: cannot listen on {host}:{port}: {exc.strerror}") from None
+    logging.getLogger("tripwire.worker").info("metrics on http://%s:%d/metrics", host, port)
 
 
 def run_worker(settings: Settings) -> int:
     level = settings.worker.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(prepare(settings))
+    serve_metrics(settings)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings)
     worker = faust.Worker(app, loglevel=level, quiet=True, override_logging=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 
-from agents_contract import CommandSigner, encode_event
+from agents_contract import CommandSigner, ControlAck, encode_event
 from detectors import CeilingLimits, DetectorSuite, SessionState, ceilings
 from streams import Pipeline, RawRecord
-from tests.detectors.test_ceilings import tool_call
+from tests.detectors.test_ceilings import _envelope, tool_call
 
 SIGNER = CommandSigner("p" * 32)
 
@@ -69,3 +69,29 @@ def test_alert_records_carry_no_event_content() -> None:
     body = orjson.loads(result.alerts[0].to_bytes())
     assert body["evidence"]["steps"] == 2
     assert "args_digest" not in orjson.dumps(body).decode()
+
+
+def ack(seq: int, command_id: str, at_ms: int = 9_500) -> RawRecord:
+    event = ControlAck(
+        **{**_envelope(seq), "event_time_ms": at_ms},
+        command_id=command_id,
+        outcome="stopped",
+        kill_latency_ms=12.5,
+    )
+    return record(encode_event(event), offset=seq)
+
+
+def test_the_agents_acknowledgement_settles_the_kill_once() -> None:
+    states: dict[str, SessionState] = {}
+    p = pipeline(max_steps=1)
+    first = p.judge(events(1, 2), states.get)
+    (kill,) = first.kills
+    state = first.dirty["s-1"][0]
+    assert (state.kill_issued_ms, state.acked_ms, state.awaiting_ack) == (9_000, 0, True)
+    states.update({sid: st for sid, (st, _) in first.dirty.items()})
+    # An ack of some other command (a manual kill) does not settle this worker's kill.
+    assert p.judge([ack(3, "kill-someone-else")], states.get).acks == []
+    settled = p.judge([ack(4, kill.command_id), ack(5, kill.command_id)], states.get)
+    assert [(a.command_id, s.session_id) for a, s in settled.acks] == [(kill.command_id, "s-1")]
+    assert (state.acked_ms, state.awaiting_ack) == (9_500, False)
+    assert settled.kinds == {"control.ack": 2}

@@ -1,0 +1,140 @@
+"""The worker's Prometheus endpoint during a demo run, and kills that no agent acknowledges.
+
+Both run a real worker on the session's broker and Redis. Every wait is for a condition: a scraped figure or
+a record on a topic, with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agents_contract import ToolCalled, encode_event
+from streams import RecordProducer, TopicReader
+from streams._demo import DEMO_LIMITS, SCENARIOS, run_scenario
+from streams._stack import LocalStack
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.integration
+
+DEADLINE_S = 60.0
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(stack: LocalStack) -> Samples:
+    def get() -> str:
+        with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
+            body: bytes = response.read()
+            return body.decode()
+
+    text = await asyncio.to_thread(get)
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def wait_for(what: str, check: Callable[[], Awaitable[Any]]) -> Any:
+    end = time.monotonic() + DEADLINE_S
+    while time.monotonic() < end:
+        if result := await check():
+            return result
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {DEADLINE_S:g}s waiting for {what}")
+
+
+async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=DEMO_LIMITS,
+        private_topics=True,
+    ) as stack:
+        before = await scrape(stack)
+        assert value(before, "tripwire_kills_total", detector="max_steps") == 0
+        async with stack.guard() as guard:
+            await asyncio.gather(*(run_scenario(guard, s, lambda line: None) for s in SCENARIOS))
+
+        async def all_acknowledged() -> Samples | None:
+            samples = await scrape(stack)
+            lag_reported = any(name == "tripwire_consumer_lag" for name, _ in samples)  # by a 1 s timer
+            return samples if value(samples, "tripwire_kill_acks_total") >= 3 and lag_reported else None
+
+        after = await wait_for("three acknowledged kills and the lag gauge", all_acknowledged)
+    for detector in ("max_steps", "max_cost_usd", "max_tokens"):
+        assert value(after, "tripwire_kills_total", detector=detector) == 1
+        assert value(after, "tripwire_verdicts_total", detector=detector, failure_class="runaway_execution",
+                     mode="enforce") == 1  # fmt: skip
+    assert value(after, "tripwire_events_total", kind="tool.called") > 40
+    assert value(after, "tripwire_events_total", kind="turn.completed") > 10
+    assert value(after, "tripwire_events_total", kind="control.ack") == 3
+    assert value(after, "tripwire_kill_latency_seconds_count") == 3
+    assert value(after, "tripwire_kill_ack_latency_seconds_count") == 3
+    assert value(after, "tripwire_kills_unacknowledged") == 0
+
+
+async def test_a_kill_nobody_acknowledges_is_escalated_once_across_restarts(
+    broker: Broker, redis_url: str
+) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors={"max_steps": 2, "max_tokens": None, "max_cost_usd": None},
+        worker={"kill_ack_timeout_s": 4},
+        private_topics=True,
+    ) as stack:
+        # An agent without the SDK (or one that died): its events breach, nothing ever acknowledges.
+        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+            for seq in (1, 2, 3):
+                event = ToolCalled(
+                    event_id=f"silent-{seq}",
+                    session_id="s-silent",
+                    agent_id="a1",
+                    tenant_id="t",
+                    user_id="u",
+                    seq=seq,
+                    event_time_ms=int(time.time() * 1000),
+                    tool_name="search",
+                    call_id=f"c{seq}",
+                    args_digest="d",
+                )
+                await (await producer.send(stack.topics["events"], b"s-silent", encode_event(event)))
+
+        async with TopicReader(stack.bootstrap, stack.topics["alerts"]) as alerts:
+            seen: list[dict[str, Any]] = []
+
+            async def alert_with(action: str) -> dict[str, Any] | None:
+                seen.extend(orjson.loads(v or b"") for _, v, _ in await alerts.read())
+                return next((a for a in seen if a["action"] == action), None)
+
+            kill = await wait_for("the kill alert", lambda: alert_with("killed"))
+
+            # A worker restarted before the deadline still knows the kill is pending.
+            assert stack.worker is not None
+            stack.worker.kill()
+            await stack.start_worker()
+            assert value(await scrape(stack), "tripwire_kills_unacknowledged") == 1
+
+            escalation = await wait_for("the escalation alert", lambda: alert_with("escalated"))
+            assert (escalation["severity"], escalation["command_id"]) == ("critical", kill["command_id"])
+            assert escalation["observed"] >= 4
+
+            # Restarted after escalating, it neither watches the kill nor pages about it again.
+            stack.worker.kill()
+            await stack.start_worker()
+            assert value(await scrape(stack), "tripwire_kills_unacknowledged") == 0
+        assert [a["action"] for a in seen] == ["killed", "escalated"]
