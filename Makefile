@@ -33,11 +33,11 @@ integration: install
 	$(BIN)/pytest -q -m integration tests
 
 test: lint  ## lint, types, unit tests and the integration suite on the embedded broker and Valkey
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -rs tests
 
 test-kafka: install  ## the integration suite on Apache Kafka (KRaft, jars from Maven Central) and redis-server
 	scripts/kafka/kraft.sh fetch
-	TRIPWIRE_TEST_BROKER=kafka $(BIN)/pytest -q -m integration tests
+	TRIPWIRE_TEST_BROKER=kafka $(BIN)/pytest -q -rs -m integration tests
 
 bench: install  ## throughput and kill latency on the embedded broker (or BOOTSTRAP=host:port REDIS=redis://...)
 	$(BIN)/tripwire bench $(if $(BOOTSTRAP),--bootstrap $(BOOTSTRAP)) $(if $(REDIS),--redis $(REDIS))

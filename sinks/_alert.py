@@ -33,6 +33,15 @@ class Alert(BaseModel):
     detected_at_ms: int
     command_id: str | None = None
     evidence: dict[str, Any] = Field(default_factory=dict)
+    # `resolved` closes what an earlier alert with the same alert_id opened (paging services resolve it).
+    status: Literal["firing", "resolved"] = "firing"
+
+    @property
+    def summary(self) -> str:
+        """One line for a pager: what happened to which session."""
+        verb = {"killed": "killed", "warned": "warning on", "observed": "observed", "escalated": "ESCALATED"}
+        head = f"[tripwire] {verb[self.action]} session {self.session_id}: {self.detector}"
+        return f"{head} (resolved)" if self.status == "resolved" else head
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.model_dump())

@@ -9,9 +9,8 @@ from sinks._alert import Alert
 
 
 class StdoutSink:
-    name = "stdout"
-
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, name: str = "stdout") -> None:
+        self.name = name
         self._stream = stream
 
     async def deliver(self, alert: Alert) -> None:

@@ -169,7 +169,8 @@ def build_app(settings: Settings) -> faust.App:
         DUPLICATES.inc(result.duplicates)
         DEAD_LETTERS.inc(len(result.dead_letters))
         for alert in result.alerts:
-            VERDICTS.labels(alert.detector, alert.failure_class, "enforce").inc()
+            if alert.action == "killed":
+                VERDICTS.labels(alert.detector, alert.failure_class, "enforce").inc()
         for state, _ in result.dirty.values():
             watch.track(state)
         for ack, state in result.acks:
@@ -201,6 +202,14 @@ def build_app(settings: Settings) -> faust.App:
             if tp.topic == topics.events:
                 highwater = app.consumer.highwater(tp) or 0
                 LAG.labels(str(tp.partition)).set(max(0, highwater - judged.get(tp.partition, highwater)))
+
+    if settings.sinks.in_worker:
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def deliver_alerts() -> None:
+            from streams._sinks import run_sinks
+
+            await run_sinks(settings)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def announce_ready(sender: Any, **kwargs: Any) -> None:

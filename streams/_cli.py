@@ -4,6 +4,7 @@ tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on e
 tripwire worker --config FILE                               run a worker (creates topics first)
 tripwire topics create --config FILE                        create every topic, idempotently
 tripwire config check FILE                                  validate a config file, explain errors
+tripwire sinks --config FILE                                deliver alerts to the configured sinks
 tripwire kill SESSION --reason TEXT [--config FILE]         kill a session by hand (signed, fenced, alerted)
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire schema                                             the wire contract as JSON Schema
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--config", type=Path)
     p.set_defaults(run=_worker)
+
+    p = sub.add_parser("sinks", help="deliver alerts to the configured paging sinks")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(run=_sinks)
 
     p = sub.add_parser("kill", help="kill a session by hand, through the same signed path as the detectors")
     p.add_argument("session", help="the session_id to kill")
@@ -151,6 +156,20 @@ def _worker(args: argparse.Namespace) -> int:
     from streams._worker import run_worker
 
     return run_worker(load_settings(args.config))
+
+
+def _sinks(args: argparse.Namespace) -> int:
+    from streams._sinks import run_sinks
+    from streams._worker import serve_metrics
+
+    settings = load_settings(args.config)
+    logging.basicConfig(
+        level=settings.worker.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(prepare(settings))
+    serve_metrics(settings, port=settings.sinks.metrics_port, key="sinks.metrics_port")
+    asyncio.run(run_sinks(settings))
+    return 0
 
 
 def _kill(args: argparse.Namespace) -> int:

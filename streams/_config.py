@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agents_contract._commands import MIN_KEY_BYTES
 from detectors import CeilingLimits
+from sinks import SinksSettings
 
 
 class ConfigError(ValueError):
@@ -45,12 +46,14 @@ class TopicSettings(_Section):
     dlq: str = "agent.events.dlq"
     control: str = "agent.control"
     alerts: str = "guardrail.alerts"
+    alerts_dlq: str = "guardrail.alerts.dlq"
     partitions: Annotated[int, Field(ge=1, le=10_000)] = 8
     replication: Annotated[int, Field(ge=1, le=10)] = 1
     events_retention_ms: Annotated[int, Field(ge=60_000)] = 7 * 24 * 3600 * 1000
     control_retention_ms: Annotated[int, Field(ge=60_000)] = 7 * 24 * 3600 * 1000
     dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
     alerts_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
+    alerts_dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
 
 
 class DetectorSettings(_Section):
@@ -100,6 +103,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = TopicSettings()
     detectors: DetectorSettings = DetectorSettings()
     worker: WorkerSettings = WorkerSettings()
+    sinks: SinksSettings = SinksSettings()
 
     @field_validator("signing_key")
     @classmethod

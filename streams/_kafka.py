@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 
 from streams._config import Settings
 
@@ -44,6 +50,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.dlq, t.partitions, t.replication, t.dlq_retention_ms),
         TopicSpec(t.control, t.partitions, t.replication, t.control_retention_ms),
         TopicSpec(t.alerts, t.partitions, t.replication, t.alerts_retention_ms),
+        TopicSpec(t.alerts_dlq, t.partitions, t.replication, t.alerts_dlq_retention_ms),
     ]
 
 
@@ -176,13 +183,58 @@ class RecordProducer:
         await self._producer.stop()
 
     async def send(
-        self, topic: str, key: bytes | None, value: bytes, *, partition: int | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: dict[str, bytes] | None = None,
     ) -> asyncio.Future[object]:
-        future: asyncio.Future[object] = await self._producer.send(topic, value, key=key, partition=partition)
+        future: asyncio.Future[object] = await self._producer.send(
+            topic, value, key=key, partition=partition, headers=list(headers.items()) if headers else None
+        )
         return future
 
     async def flush(self) -> None:
         await self._producer.flush()
+
+
+class GroupReader:
+    """A consumer-group member that commits only what the caller says is done, record by record (the sink
+    runners: an alert's offset is committed once it is delivered or dead-lettered)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+        )
+
+    async def __aenter__(self) -> GroupReader:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._consumer.stop()
+
+    async def read(self, timeout_ms: int = 500) -> list[tuple[int, int, bytes | None, bytes | None]]:
+        """(partition, offset, key, value) in offset order per partition."""
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        return [(m.partition, m.offset, m.key, m.value) for messages in batches.values() for m in messages]
+
+    async def commit(self, topic: str, partition: int, offset: int) -> bool:
+        """Commit `offset` as the next to read; False when the partition moved to another member meanwhile
+        (its new owner re-reads from the last commit, and the delivery ledger drops what was done)."""
+        try:
+            await self._consumer.commit({TopicPartition(topic, partition): offset + 1})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.info("commit of %s/%d@%d skipped: %r", topic, partition, offset, exc)
+            return False
+        return True
 
 
 class TopicReader:
@@ -226,6 +278,7 @@ class TopicReader:
 
 
 __all__ = [
+    "GroupReader",
     "KafkaConnectionError",
     "RecordProducer",
     "TopicOutcome",

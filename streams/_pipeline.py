@@ -23,6 +23,7 @@ from agents_contract import (
 )
 from detectors import Clock, DetectorSuite, SessionState, Verdict
 from sinks import Alert
+from streams._watch import escalation_resolved
 
 
 class RawRecord(NamedTuple):
@@ -113,6 +114,8 @@ class Pipeline:
             return
         state.acked_ms = max(ack.event_time_ms, 1)
         result.acks.append((ack, state))
+        if state.escalated_ms:
+            result.alerts.append(escalation_resolved(state, state.acked_ms))
 
     def _kill(self, verdict: Verdict) -> KillCommand:
         command = KillCommand(

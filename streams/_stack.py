@@ -32,6 +32,7 @@ class LocalStack:
         partitions: int = 4,
         private_topics: bool = False,
         idempotent: bool | None = None,
+        sinks: dict[str, Any] | None = None,
     ) -> None:
         self._bootstrap = bootstrap
         self._redis_url = redis_url
@@ -39,6 +40,7 @@ class LocalStack:
         self._worker_overrides = worker or {}
         self._partitions = partitions
         self._idempotent = idempotent
+        self._sinks = sinks or {}
         self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-stack-"))
         self._kafka: EmbeddedKafka | None = None
         self._redis: EmbeddedRedis | None = None
@@ -54,6 +56,7 @@ class LocalStack:
             "dlq": f"{prefix}agent.events.dlq",
             "control": f"{prefix}agent.control",
             "alerts": f"{prefix}guardrail.alerts",
+            "alerts_dlq": f"{prefix}guardrail.alerts.dlq",
         }
 
     @property
@@ -81,6 +84,7 @@ class LocalStack:
             "redis": {"url": self.redis_url},
             "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,
+            "sinks": self._sinks,
             # Tansu holds a group join for the whole rebalance timeout, so keep it short on one machine.
             "worker": {
                 "app_id": self.app_id,

@@ -77,3 +77,30 @@ def escalation_alert(state: SessionState, now_ms: int, timeout_ms: int) -> Alert
         command_id=command_id,
         evidence={"killed_by": state.killed_by, "kill_issued_ms": state.kill_issued_ms},
     )
+
+
+def escalation_resolved(state: SessionState, acked_ms: int) -> Alert:
+    """Closes the escalation page of a kill that was acknowledged after all."""
+    assert state.killed_by is not None
+    command_id = kill_command_id(state.session_id, state.killed_by)
+    late_s = (acked_ms - state.kill_issued_ms) / 1000
+    return Alert(
+        alert_id=f"{command_id}-unacknowledged",
+        severity="critical",
+        failure_class=ESCALATION,
+        detector=ESCALATION,
+        action="escalated",
+        status="resolved",
+        session_id=state.session_id,
+        tenant_id=state.tenant_id,
+        user_id=state.user_id,
+        agent_id="",
+        reason=f"session {state.session_id}: the kill was acknowledged {late_s:.1f} s after it was issued",
+        observed=late_s,
+        threshold=0,
+        event_id="",
+        event_time_ms=state.kill_issued_ms,
+        detected_at_ms=acked_ms,
+        command_id=command_id,
+        evidence={"killed_by": state.killed_by, "acked_ms": acked_ms},
+    )

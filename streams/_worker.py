@@ -13,15 +13,16 @@ from streams._cli import prepare
 from streams._config import ConfigError, Settings
 
 
-def serve_metrics(settings: Settings) -> None:
-    """The Prometheus endpoint, started before Faust so a taken port stops the worker at once."""
-    port, host = settings.worker.metrics_port, settings.worker.metrics_host
+def serve_metrics(settings: Settings, *, port: int | None = None, key: str = "worker.metrics_port") -> None:
+    """The Prometheus endpoint, started before Faust so a taken port stops the process at once."""
+    host = settings.worker.metrics_host
+    port = settings.worker.metrics_port if key == "worker.metrics_port" else port
     if port is None:
         return
     try:
         start_http_server(port, addr=host)
     except OSError as exc:
-        raise ConfigError(f"worker.metrics_port: cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise ConfigError(f"{key}: cannot listen on {host}:{port}: {exc.strerror}") from None
     logging.getLogger("tripwire.worker").info("metrics on http://%s:%d/metrics", host, port)
 
 

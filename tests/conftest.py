@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +66,56 @@ def redis_url() -> Iterator[str]:
             )
     with EmbeddedRedis(binary=binary) as redis:
         yield redis.url
+
+
+@pytest.fixture(scope="session")
+def alertmanager() -> Iterator[str]:
+    """A real Prometheus Alertmanager (Debian's prometheus-alertmanager) on a loopback port; its URL."""
+    if BROKER == "none":
+        pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        # `make test` must pass on a machine with only Python; CI installs Alertmanager and requires it.
+        message = "no Alertmanager binary (apt-get install prometheus-alertmanager)"
+        if os.environ.get("TRIPWIRE_REQUIRE_ALERTMANAGER"):
+            pytest.fail(message + " and TRIPWIRE_REQUIRE_ALERTMANAGER is set")
+        pytest.skip(message + ": the Alertmanager sink test is skipped")
+    workdir = Path(tempfile.mkdtemp(prefix="tripwire-alertmanager-"))
+    config = workdir / "alertmanager.yml"
+    config.write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    port = free_port()
+    with (workdir / "out.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(f"{url}/-/ready"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Alertmanager did not start:\n{(workdir / 'out.log').read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 class ApacheKafka:

@@ -95,3 +95,17 @@ def test_the_agents_acknowledgement_settles_the_kill_once() -> None:
     assert [(a.command_id, s.session_id) for a, s in settled.acks] == [(kill.command_id, "s-1")]
     assert (state.acked_ms, state.awaiting_ack) == (9_500, False)
     assert settled.kinds == {"control.ack": 2}
+
+
+def test_a_late_acknowledgement_resolves_the_escalation_page() -> None:
+    states: dict[str, SessionState] = {}
+    p = pipeline(max_steps=1)
+    first = p.judge(events(1, 2), states.get)
+    (kill,) = first.kills
+    state = first.dirty["s-1"][0]
+    state.escalated_ms = 25_000  # the worker's timer paged: nobody acknowledged in time
+    states["s-1"] = state
+    late = p.judge([ack(3, kill.command_id, at_ms=40_000)], states.get)
+    (resolution,) = late.alerts
+    assert (resolution.alert_id, resolution.status) == (f"{kill.command_id}-unacknowledged", "resolved")
+    assert resolution.observed == 31.0  # seconds from the kill (t=9 s) to the acknowledgement (t=40 s)
