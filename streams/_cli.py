@@ -6,6 +6,7 @@ tripwire topics create --config FILE                        create every topic, 
 tripwire config check FILE                                  validate a config file, explain errors
 tripwire sinks --config FILE                                deliver alerts to the configured sinks
 tripwire kill SESSION --reason TEXT [--config FILE]         kill a session by hand (signed, fenced, alerted)
+tripwire release SESSION [--config FILE]                    clear a session's fence
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire schema                                             the wire contract as JSON Schema
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why; the agent and the alert carry it")
     p.add_argument("--config", type=Path)
     p.set_defaults(run=_kill)
+
+    p = sub.add_parser("release", help="clear a session's fence so an agent may attach to it again")
+    p.add_argument("session")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(run=_release)
 
     p = sub.add_parser("tail", help="print a Tripwire topic as JSON lines (from the beginning)")
     p.add_argument("topic", choices=["control", "alerts", "dlq"])
@@ -184,6 +190,17 @@ def _kill(args: argparse.Namespace) -> int:
             f"session {args.session} was already killed by {command.detector} ({command.reason}); "
             f"that kill ({command.command_id}) was published again"
         )
+    return 0
+
+
+def _release(args: argparse.Namespace) -> int:
+    from streams._operator import release
+
+    held = asyncio.run(release(load_settings(args.config), args.session))
+    if held is None:
+        print(f"session {args.session} was not fenced; nothing to release")
+        return 1
+    print(f"released session {args.session} (it was killed by {held.detector}: {held.reason})")
     return 0
 
 

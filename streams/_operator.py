@@ -1,9 +1,12 @@
-"""Operator commands: a manual kill through the same signed path the worker uses, and reading the topics.
+"""Operator commands: a manual kill through the same signed path the worker uses, release, reading topics.
 
-`tripwire kill SESSION --reason TEXT` writes the Redis fence, publishes a signed kill on the control topic and
-an alert, exactly as a detector verdict does, so an agent cannot tell a manual kill from an automatic one
-except by its `detector` ("manual"). `tripwire tail control|alerts|dlq` prints a topic as JSON lines: kill
-commands with whether their signature verifies, dead letters with their reason and source offset.
+`tripwire kill SESSION --reason TEXT` writes the Redis fence, publishes a signed kill on the control topic
+and an alert, exactly as a detector verdict does, so an agent cannot tell a manual kill from an automatic
+one except by its `detector` ("manual"). `tripwire release SESSION` clears the fence so that an agent can
+attach to the session again (the worker still remembers a detector's kill and does not judge that session
+again: resume under a new session id to be guarded). `tripwire tail control|alerts|dlq` prints a topic as
+JSON lines: kill commands with whether their signature verifies (`verified`), dead letters with their
+reason and source offset.
 """
 
 from __future__ import annotations
@@ -38,14 +41,16 @@ async def manual_kill(settings: Settings, session_id: str, reason: str) -> tuple
     missed it get another chance), and no new alert is raised.
     """
     signer = CommandSigner(settings.signing_key)
+    now = wall_clock()
     command = signer.sign(
         KillCommand(
-            command_id=kill_command_id(session_id, MANUAL),
+            # Each manual kill is its own incident: a session released and killed again pages again.
+            command_id=kill_command_id(session_id, f"{MANUAL}@{now}"),
             target=session_id,
             reason=reason,
             detector=MANUAL,
             evidence={"failure_class": "operator", "operator": getpass.getuser()},
-            issued_at_ms=wall_clock(),
+            issued_at_ms=now,
         )
     )
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
@@ -62,6 +67,17 @@ async def manual_kill(settings: Settings, session_id: str, reason: str) -> tuple
         for sent in sends:
             await sent
     return in_force, issued
+
+
+async def release(settings: Settings, session_id: str) -> KillCommand | None:
+    """Clear a session's fence, so that an agent may attach to it again; returns the kill it held."""
+    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
+    try:
+        held = await fence.lookup(session_id)
+        await fence.release(session_id)
+    finally:
+        await fence.close()
+    return held
 
 
 def _alert(command: KillCommand) -> Alert:

@@ -13,7 +13,7 @@ import pytest
 
 from agents_contract import SessionKilled
 from streams import RecordProducer, Settings, load_settings
-from streams._operator import manual_kill, tail
+from streams._operator import manual_kill, release, tail
 from streams._stack import LocalStack
 from tests.conftest import Broker
 
@@ -30,6 +30,10 @@ async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
         private_topics=True,
     ) as s:
         yield s
+
+
+async def quick() -> str:
+    return "done"
 
 
 def settings_of(stack: LocalStack) -> Settings:
@@ -61,15 +65,34 @@ async def test_a_manual_kill_stops_the_agent_once_and_tail_shows_it_signed(stack
         assert killed.value.command.detector == "manual"
         assert killed.value.command.reason == "runaway spotted on the dashboard"
 
-    # A second kill of the same session re-sends the kill in force and raises no second alert.
-    again, issued_again = await manual_kill(settings, "s-manual", "again")
-    assert (again.command_id, issued_again) == (command.command_id, False)
+    # Released, the session can be attached again; the release reports the kill it cleared.
+    held = await release(settings, "s-manual")
+    assert held is not None
+    assert held.command_id == command.command_id
+    assert await release(settings, "s-manual") is None
+    async with (
+        stack.guard() as guard,
+        guard.session("s-manual", agent_id="a2", tenant_id="t", user_id="u") as again_session,
+    ):
+        assert not again_session.killed
+        assert await again_session.call_tool("search", {}, quick) == "done"
+
+    # Killed again: a new incident. A kill of a session that is fenced already re-sends the kill in force
+    # and raises no second alert.
+    second, issued_second = await manual_kill(settings, "s-manual", "again, by hand")
+    assert issued_second
+    assert second.command_id != command.command_id
+    again, issued_again = await manual_kill(settings, "s-manual", "and again")
+    assert (again.command_id, issued_again) == (second.command_id, False)
 
     control = [r for r in await rows(settings, "control") if r["key"] == "s-manual"]
-    assert [r["verified"] for r in control] == [True, True]
-    assert {r["command_id"] for r in control} == {command.command_id}
+    assert [r["verified"] for r in control] == [True, True, True]
+    assert [r["command_id"] for r in control] == [command.command_id, second.command_id, second.command_id]
     alerts = [r for r in await rows(settings, "alerts") if r["session_id"] == "s-manual"]
-    assert [(a["detector"], a["action"], a["severity"]) for a in alerts] == [("manual", "killed", "critical")]
+    assert [(a["detector"], a["action"], a["command_id"]) for a in alerts] == [
+        ("manual", "killed", command.command_id),
+        ("manual", "killed", second.command_id),
+    ]
 
     # The command line prints the same, one JSON object per line, and ends at the end of the topic.
     cli = await asyncio.create_subprocess_exec(
@@ -86,7 +109,7 @@ async def test_a_manual_kill_stops_the_agent_once_and_tail_shows_it_signed(stack
     out, err = await asyncio.wait_for(cli.communicate(), 120)
     assert cli.returncode == 0, err.decode()
     printed = [orjson.loads(line) for line in out.splitlines()]
-    assert [(r["key"], r["verified"]) for r in printed if r["key"] == "s-manual"] == [("s-manual", True)] * 2
+    assert [(r["key"], r["verified"]) for r in printed if r["key"] == "s-manual"] == [("s-manual", True)] * 3
 
 
 async def test_tail_dlq_shows_the_reason_and_the_raw_bytes(stack: LocalStack) -> None:
