@@ -6,6 +6,7 @@ tripwire topics create --config FILE                        create every topic, 
 tripwire config check FILE                                  validate a config file, explain errors
 tripwire sinks --config FILE                                deliver alerts to the configured sinks
 tripwire kill SESSION --reason TEXT [--config FILE]         kill a session by hand (signed, fenced, alerted)
+tripwire incidents list [--json] | show ID [--markdown]     incidents from the alert log
 tripwire release SESSION [--config FILE]                    clear a session's fence
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire schema                                             the wire contract as JSON Schema
@@ -19,6 +20,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -76,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, help="why; the agent and the alert carry it")
     p.add_argument("--config", type=Path)
     p.set_defaults(run=_kill)
+
+    p = sub.add_parser("incidents", help="incidents from the alert log")
+    isub = p.add_subparsers(metavar="ACTION")
+    i = isub.add_parser("list", help="every incident, oldest first")
+    i.add_argument("--config", type=Path)
+    i.add_argument("--json", action="store_true", help="one JSON object per line")
+    i.set_defaults(run=_incidents_list)
+    i = isub.add_parser("show", help="one incident with its timeline")
+    i.add_argument("incident_id")
+    i.add_argument("--config", type=Path)
+    i.add_argument("--markdown", action="store_true", help="a postmortem draft to paste")
+    i.set_defaults(run=_incidents_show)
 
     p = sub.add_parser("release", help="clear a session's fence so an agent may attach to it again")
     p.add_argument("session")
@@ -190,6 +204,52 @@ def _kill(args: argparse.Namespace) -> int:
             f"session {args.session} was already killed by {command.detector} ({command.reason}); "
             f"that kill ({command.command_id}) was published again"
         )
+    return 0
+
+
+def _incidents_list(args: argparse.Namespace) -> int:
+    from streams._incidents import read_incidents
+
+    incidents = asyncio.run(read_incidents(load_settings(args.config)))
+    rows = [i.summary() for i in incidents]
+    if args.json:
+        for row in rows:
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
+        return 0
+    print(f"{'incident':<38} {'opened (UTC)':<23} {'session':<28} {'detector':<20} {'severity':<9} status")
+    for r in rows:
+        print(
+            f"{r['incident_id']:<38} {r['opened']:<23} {r['session_id'][:28]:<28} {r['detector'][:20]:<20} "
+            f"{r['severity']:<9} {r['status']}"
+        )
+    return 0
+
+
+def _incidents_show(args: argparse.Namespace) -> int:
+    from streams._incidents import read_incidents, render_markdown, session_timeline
+
+    settings = load_settings(args.config)
+
+    async def find() -> tuple[Any, list[Any]] | None:
+        for incident in await read_incidents(settings):
+            if incident.incident_id == args.incident_id:
+                return incident, await session_timeline(settings, incident)
+        return None
+
+    found = asyncio.run(find())
+    if found is None:
+        print(f"no incident {args.incident_id} in {settings.topics.alerts}", file=sys.stderr)
+        return 1
+    incident, timeline = found
+    if args.markdown:
+        sys.stdout.write(render_markdown(incident, timeline))
+    else:
+        body = {
+            **incident.summary(),
+            "alerts": [a.model_dump() for a in incident.alerts],
+            "timeline": [e.model_dump(by_alias=True) for e in timeline],
+        }
+        sys.stdout.write(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -19,6 +20,7 @@ from aiokafka.errors import (
     KafkaError,
     TopicAlreadyExistsError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from streams._config import Settings
 
@@ -237,6 +239,52 @@ class GroupReader:
         return True
 
 
+async def session_records(
+    bootstrap: str, topic: str, session_id: str, *, since_ms: int, limit: int = 10_000
+) -> list[bytes]:
+    """The values of `topic` keyed by `session_id`, from `since_ms` (record time) to the topic's end now.
+
+    Only the partition the key hashes to is read (Kafka's default partitioner, which the SDK's producer and
+    Java clients use), starting at the first record at or after `since_ms`; at most `limit` records are
+    returned, the latest ones.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = sorted(await _partitions_of(consumer, topic))
+        if not partitions:
+            return []
+        key = session_id.encode()
+        tp = TopicPartition(topic, DefaultPartitioner()(key, partitions, partitions))
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        start = (await consumer.offsets_for_times({tp: since_ms}))[tp]
+        if start is None:
+            return []
+        consumer.seek(tp, start.offset)
+        found: deque[bytes] = deque(maxlen=limit)
+        # Read to the end offset and then until a fetch comes back empty: the embedded Tansu reports end
+        # offsets behind records it already holds, and a session's last records are the ones that matter.
+        while True:
+            messages = (await consumer.getmany(tp, timeout_ms=200)).get(tp, [])
+            for message in messages:
+                if message.key == key and message.value is not None:
+                    found.append(message.value)
+            if not messages and await consumer.position(tp) >= end:
+                return list(found)
+    finally:
+        await consumer.stop()
+
+
+async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(20):
+        if partitions := consumer.partitions_for_topic(topic):
+            return set(partitions)
+        # No public refresh for a group-less consumer (see agents_contract/_kafka.py).
+        await consumer._client.force_metadata_update()
+    return set()
+
+
 class TopicReader:
     """Reads a whole topic from the beginning without a consumer group (tests, `tail`-like tools)."""
 
@@ -251,6 +299,7 @@ class TopicReader:
             fetch_max_wait_ms=50,
         )
         self._end: dict[TopicPartition, int] = {}
+        self._last_read_empty = False
 
     async def __aenter__(self) -> TopicReader:
         await self._consumer.start()
@@ -266,7 +315,10 @@ class TopicReader:
         self._end = await self._consumer.end_offsets(tps) if tps else {}
 
     async def caught_up(self) -> bool:
-        """True once every record that existed at `mark_end()` has been read."""
+        """True once every record that existed at `mark_end()` has been read and a read came back empty
+        (the embedded Tansu reports end offsets behind records it already holds)."""
+        if not self._last_read_empty:
+            return False
         for tp, end in self._end.items():
             if end > 0 and await self._consumer.position(tp) < end:
                 return False
@@ -274,6 +326,7 @@ class TopicReader:
 
     async def read(self, timeout_ms: int = 200) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
         batches = await self._consumer.getmany(timeout_ms=timeout_ms)
+        self._last_read_empty = not any(batches.values())
         return [(m.key, m.value, dict(m.headers or ())) for messages in batches.values() for m in messages]
 
 
