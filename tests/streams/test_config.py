@@ -81,14 +81,48 @@ def test_the_shipped_example_file_is_valid_and_states_the_defaults() -> None:
     assert settings == defaults
 
 
-def test_the_compose_worker_environment_is_a_valid_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_compose_deployment_is_consistent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Docker engine runs here, so check what can be checked: every file it mounts is valid, and the
+    services it names are the ones the configuration and Prometheus point at."""
     import yaml
 
-    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text())
-    environment = compose["services"]["worker"]["environment"]
-    for name, value in environment.items():
-        # ${TRIPWIRE_SIGNING_KEY:?...} is filled in by compose from the operator's shell.
-        monkeypatch.setenv(name, KEY if str(value).startswith("${") else str(value))
-    settings = load_settings()
-    assert settings.kafka.bootstrap == "kafka:29092"
-    assert settings.redis.url == "redis://redis:6379/0"
+    root = Path(__file__).resolve().parents[2]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "redis", "worker", "sinks", "alertmanager", "prometheus", "grafana"} <= set(services)
+    for name in ("worker", "sinks"):
+        (mount,) = services[name]["volumes"]
+        assert (root / mount.split(":")[0]).is_file()
+        assert services[name]["environment"]["TRIPWIRE_SIGNING_KEY"].startswith("${TRIPWIRE_SIGNING_KEY")
+    monkeypatch.setenv("TRIPWIRE_SIGNING_KEY", KEY)
+    settings = load_settings(root / "deploy" / "tripwire.yaml")
+    assert settings.kafka.bootstrap.split(":")[0] in services
+    assert settings.redis.url.split("//")[1].split(":")[0] in services
+    am = settings.sinks.targets[0]
+    assert getattr(am, "url", "").split("//")[1].split(":")[0] in services
+    prometheus = yaml.safe_load((root / "deploy" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert targets == {f"worker:{settings.worker.metrics_port}", f"sinks:{settings.sinks.metrics_port}"}
+
+
+def test_the_dashboard_only_charts_metrics_that_exist() -> None:
+    import json
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import sinks._delivery  # noqa: F401  (registers the sink metrics)
+    import streams._app  # noqa: F401  (registers the worker metrics)
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "deploy" / "grafana" / "dashboards" / "tripwire.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"tripwire_[a-z_]+", target["expr"])
+    }
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {m.name + end for m in REGISTRY.collect() for end in suffixes.get(m.type, ("",))}
+    assert charted - exported == set()
+    assert len(charted) >= 12
