@@ -75,12 +75,15 @@ class _SessionStore:
             if state is not None:
                 yield state
 
-    def checkpoint(self, dirty: dict[str, tuple[SessionState, int]]) -> None:
+    def checkpoint(self, dirty: dict[str, tuple[SessionState, int]]) -> list[Any]:
+        """Write the states to the table and queue their changelog records; returns the send futures."""
         data = self._table.data
+        sent = []
         for session_id, (state, partition) in dirty.items():
             key = session_id.encode()
             data[key] = state
-            self._table.send_changelog(partition, key, state.to_bytes())
+            sent.append(self._table.send_changelog(partition, key, state.to_bytes()))
+        return sent
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -195,8 +198,10 @@ def build_app(settings: Settings) -> faust.App:
             escalated[session_id] = (state, state.partition)
             ESCALATIONS.inc()
             log.error("%s", alert.reason)
-        # Only the escalated flag changes; recorded so that a restarted worker does not page again.
-        store.checkpoint(escalated)
+        # Recorded so that a restarted worker does not page again. The page goes out first: a crash between
+        # the two pages twice (sinks dedupe on the alert id) rather than never.
+        if escalated:
+            await asyncio.gather(*store.checkpoint(escalated))
         UNACKED.set(len(watch))
         for tp in app.consumer.assignment():
             if tp.topic == topics.events:
