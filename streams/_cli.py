@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from agents_contract import Fence, contract_json_schema
+from detectors import FailureClass
 from streams._config import ConfigError, Settings, load_settings
 from streams._kafka import ensure_topics, topic_specs, wait_for_broker
 
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("kill", help="kill a session by hand, through the same signed path as the detectors")
     p.add_argument("session", help="the session_id to kill")
     p.add_argument("--reason", required=True, help="why; the agent and the alert carry it")
+    p.add_argument(
+        "--failure-class",
+        choices=[c.value for c in FailureClass],
+        default=FailureClass.RUNAWAY_EXECUTION.value,
+        help="the incident's class in the failure taxonomy",
+    )
     p.add_argument("--config", type=Path)
     p.set_defaults(run=_kill)
 
@@ -196,7 +203,9 @@ def _kill(args: argparse.Namespace) -> int:
     from streams._operator import manual_kill
 
     settings = load_settings(args.config)
-    command, issued = asyncio.run(manual_kill(settings, args.session, args.reason))
+    command, issued = asyncio.run(
+        manual_kill(settings, args.session, args.reason, FailureClass(args.failure_class))
+    )
     if issued:
         print(f"killed session {args.session}: {command.command_id} published on {settings.topics.control}")
     else:

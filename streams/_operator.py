@@ -25,7 +25,7 @@ from agents_contract import (
     kill_command_id,
     parse_command,
 )
-from detectors import wall_clock
+from detectors import FailureClass, wall_clock
 from sinks import Alert
 from streams._config import Settings
 from streams._kafka import RecordProducer, TopicReader
@@ -34,7 +34,12 @@ MANUAL = "manual"
 TailTopic = Literal["control", "alerts", "dlq"]
 
 
-async def manual_kill(settings: Settings, session_id: str, reason: str) -> tuple[KillCommand, bool]:
+async def manual_kill(
+    settings: Settings,
+    session_id: str,
+    reason: str,
+    failure_class: FailureClass = FailureClass.RUNAWAY_EXECUTION,
+) -> tuple[KillCommand, bool]:
     """Kill a session by hand; returns the command in force and whether this call issued it.
 
     A session that is already fenced keeps its first kill: that command is published again (agents that
@@ -49,7 +54,7 @@ async def manual_kill(settings: Settings, session_id: str, reason: str) -> tuple
             target=session_id,
             reason=reason,
             detector=MANUAL,
-            evidence={"failure_class": "operator", "operator": getpass.getuser()},
+            evidence={"failure_class": failure_class.value, "operator": getpass.getuser()},
             issued_at_ms=now,
         )
     )
@@ -84,7 +89,7 @@ def _alert(command: KillCommand) -> Alert:
     return Alert(
         alert_id=command.command_id,
         severity="critical",
-        failure_class="operator",
+        failure_class=str(command.evidence["failure_class"]),
         detector=MANUAL,
         action="killed",
         session_id=command.target,

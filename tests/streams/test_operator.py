@@ -89,6 +89,7 @@ async def test_a_manual_kill_stops_the_agent_once_and_tail_shows_it_signed(stack
     assert [r["verified"] for r in control] == [True, True, True]
     assert [r["command_id"] for r in control] == [command.command_id, second.command_id, second.command_id]
     alerts = [r for r in await rows(settings, "alerts") if r["session_id"] == "s-manual"]
+    assert {a["failure_class"] for a in alerts} == {"runaway_execution"}
     assert [(a["detector"], a["action"], a["command_id"]) for a in alerts] == [
         ("manual", "killed", command.command_id),
         ("manual", "killed", second.command_id),
