@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from agents_contract import GuardedSession, SessionKilled
 from streams import RecordProducer, TopicReader, load_settings
@@ -170,11 +171,10 @@ async def test_an_outage_delays_alerts_and_loses_or_repeats_none(
         stop = asyncio.Event()
         runner = asyncio.create_task(run_sinks(settings, stop=stop))
         try:
-            from sinks._delivery import FAILURES
-
+            labels = {"sink": f"pd-{tag}", "retryable": "true"}
             await wait_for(
                 "failed attempts while the services are down",
-                lambda: _true(FAILURES.labels(f"pd-{tag}", "true")._value.get() >= 3),
+                lambda: _true((REGISTRY.get_sample_value("tripwire_sink_failures_total", labels) or 0) >= 3),
             )
             assert receivers.received == []
             await receivers.start()  # the services come back
