@@ -73,9 +73,15 @@ async def read_topic(
     return found
 
 
-async def runaway(session: GuardedSession, bound: int = 500) -> None:
+async def search(n: int) -> int:
+    await asyncio.sleep(0.002)  # a tool takes time; an instant one could outrun any kill on a busy machine
+    return n
+
+
+async def runaway(session: GuardedSession, bound: int = 30_000) -> None:
+    """Loops until killed; the bound (a minute of steps) only turns a broken kill path into a failure."""
     for i in range(bound):
-        await session.call_tool("search", {"q": "same"}, quick, i)
+        await session.call_tool("search", {"q": "same"}, search, i)
 
 
 async def test_kill_stops_the_agent_mid_call_and_is_acknowledged(stack: LocalStack) -> None:

@@ -77,12 +77,12 @@ async def test_a_kill_pages_every_sink_from_inside_the_worker(
         private_topics=True,
     ) as stack:
 
-        async def quick() -> None:
-            return None
+        async def search() -> None:
+            await asyncio.sleep(0.002)
 
         async def runaway(session: GuardedSession) -> None:
-            for i in range(500):
-                await session.call_tool("search", {"q": i % 2}, quick)
+            for i in range(30_000):  # until killed; the bound only turns a broken kill path into a failure
+                await session.call_tool("search", {"q": i % 2}, search)
 
         async with (
             stack.guard() as guard,

@@ -44,10 +44,11 @@ async def test_a_real_kill_reads_as_an_incident_with_timeline_and_acknowledgemen
     ) as stack:
 
         async def fetch(url: str) -> str:
+            await asyncio.sleep(0.002)
             return f"page {url}"
 
         async def runaway(session: GuardedSession) -> None:
-            for i in range(500):
+            for i in range(30_000):  # until killed; the bound only turns a broken kill path into a failure
                 await session.call_tool("fetch", {"url": f"/p/{i % 2}"}, fetch, f"/p/{i % 2}")
 
         async with (
