@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from agents_contract import AgentEvent
 from detectors._state import SessionState
+from detectors._suite import verdict
 from detectors._verdict import FailureClass, Verdict
 
 
@@ -37,26 +38,18 @@ class _Ceiling:
         total = self._total(state)
         if total <= self.limit:
             return None
-        return Verdict(
-            detector=self.name,
-            failure_class=FailureClass.RUNAWAY_EXECUTION,
-            session_id=state.session_id,
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
             reason=f"session used {total:g} {self.unit}; the ceiling is {self.limit:g}",
             observed=total,
             threshold=self.limit,
-            event_id=event.event_id,
-            seq=event.seq,
-            event_time_ms=event.event_time_ms,
-            evidence={
-                "steps": state.steps,
-                "tokens": state.tokens,
-                "cost_usd": round(state.cost_usd, 6),
-                "events": state.events,
-                "window_start_ms": state.first_event_ms,
-                "window_end_ms": state.last_event_ms,
-                "agent_id": event.agent_id,
-                "kind": event.kind,
-            },
+            steps=state.steps,
+            tokens=state.tokens,
+            cost_usd=round(state.cost_usd, 6),
+            events=state.events,
         )
 
 

@@ -1,21 +1,22 @@
 """Per-session state: what the detectors know about one session, small enough to keep for every session.
 
 The worker keeps one `SessionState` per active session in memory and checkpoints it to a changelog, so the
-state must stay compact (a few hundred bytes, no event history) and serialise without a schema library.
+state must stay compact (no event history: running totals, plus each detector's own bounded window in
+`slots`) and serialise without a schema library.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
-from agents_contract import AgentEvent, ToolCalled, TurnCompleted, TurnStarted
+from agents_contract import AgentEvent, SessionEnded, ToolCalled, TurnCompleted, TurnStarted
 
 _WINDOW_BITS: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
-_FORMAT: Final = 2
+_FORMAT: Final = 3
 
 
 @dataclass(slots=True)
@@ -40,6 +41,18 @@ class SessionState:
     escalated_ms: int = 0
     # The events partition the session lives on, so a timer can checkpoint it without an event in hand.
     partition: int = -1
+    # Each detector's own window, under its name: small JSON-able lists, bounded by the detector.
+    slots: dict[str, Any] = field(default_factory=dict)
+    # Detectors that already gave a verdict for this session (warn and shadow verdicts are given once).
+    fired: list[str] = field(default_factory=list)
+    # The session ended (session.ended seen): timers leave it alone.
+    ended: bool = False
+    # When (by the suite's clock) the session's newest event was judged: a worker catching up on a backlog
+    # hears from a session later than its events happened, and a session still being heard is not quiet.
+    heard_ms: int = 0
+    # Not checkpointed: set by the suite for the event being judged when it is older than the session's
+    # newest event by more than the allowed lateness, so windowed detectors leave it out.
+    late: bool = False
 
     @property
     def awaiting_ack(self) -> bool:
@@ -66,6 +79,8 @@ class SessionState:
     def apply(self, event: AgentEvent) -> None:
         """Account one accepted event: steps are LLM turns and tool calls begun; usage comes with turns."""
         self.events += 1
+        if isinstance(event, SessionEnded):
+            self.ended = True
         if not self.first_event_ms or event.event_time_ms < self.first_event_ms:
             self.first_event_ms = event.event_time_ms
         self.last_event_ms = max(self.last_event_ms, event.event_time_ms)
@@ -96,13 +111,18 @@ class SessionState:
                 self.acked_ms,
                 self.escalated_ms,
                 self.partition,
+                self.slots,
+                self.fired,
+                self.ended,
+                self.heard_ms,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionState:
         fmt, *fields = orjson.loads(raw)
-        if fmt not in (1, _FORMAT):
+        if fmt not in (1, 2, _FORMAT):
             raise ValueError(f"session state format {fmt} is unknown to this version (it reads 1-{_FORMAT})")
-        # Format 1 (before kill acknowledgements were tracked) is format 2 without the last four fields.
+        # Each format appends fields to the one before (2: the kill's acknowledgement, 3: detector windows),
+        # so an older record is the newer one with defaults for the fields it lacks.
         return cls(*fields)

@@ -1,0 +1,544 @@
+"""Detectors whose key is not the session: a tenant's day, an agent's spend, a tool across the fleet, the
+owner of a piece of content or of a memory key.
+
+The session worker turns each event such a detector needs into `StageRecord`s (`stage_records`), keyed by
+`<stage>:<key>` so that one key's records meet in one place, in order: a single writer per tenant budget,
+per tool circuit and per content owner, whichever sessions and partitions the events came from. A keyed
+detector is a plain object over a plain JSON-able dict (the key's state) and a record; it returns verdicts
+about the record's session, which travel back to that session's worker and kill through its one path. The
+tool circuit's verdicts are about a tool instead (`evidence.scope == "tool"`): they open and close the
+circuit in every agent process. Time comes from the records' event times only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import orjson
+
+from agents_contract import AgentEvent, MemoryRead, MemoryWritten, ToolReturned, TurnCompleted
+from detectors._suite import Armed
+from detectors._verdict import FailureClass, Verdict
+
+_DAY_MS: Final = 86_400_000
+# The rolling agent budget is kept as this many spend buckets, and the tool circuit's window likewise.
+_BUCKETS: Final = 16
+
+TENANT_DAILY_BUDGET: Final = "tenant_daily_budget"
+AGENT_BUDGET: Final = "agent_budget"
+TOOL_CIRCUIT: Final = "tool_circuit"
+MEMORY_LEAK: Final = "memory_leak"
+MEMORY_NAMESPACE_LEAK: Final = "memory_namespace_leak"
+STAGES: Final = frozenset(
+    {TENANT_DAILY_BUDGET, AGENT_BUDGET, TOOL_CIRCUIT, MEMORY_LEAK, MEMORY_NAMESPACE_LEAK}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StageRecord:
+    """What a keyed stage needs of one event: who (session, tenant, user, agent), when, and `values`."""
+
+    stage: str
+    key: str
+    event_id: str
+    session_id: str
+    tenant_id: str
+    user_id: str
+    agent_id: str
+    seq: int
+    event_time_ms: int
+    kind: str
+    values: dict[str, Any]
+
+    @property
+    def routing_key(self) -> bytes:
+        return f"{self.stage}:{self.key}".encode()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.stage,
+                self.key,
+                self.event_id,
+                self.session_id,
+                self.tenant_id,
+                self.user_id,
+                self.agent_id,
+                self.seq,
+                self.event_time_ms,
+                self.kind,
+                self.values,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> StageRecord:
+        try:
+            fields = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(fields, list) or len(fields) != 11:
+            raise ValueError("a stage record is a JSON array of 11 fields")
+        stage, key, event_id, session_id, tenant_id, user_id, agent_id, seq, event_time_ms, kind, values = (
+            fields
+        )
+        names = (stage, key, event_id, session_id, tenant_id, user_id, agent_id, kind)
+        if not all(isinstance(n, str) for n in names):
+            raise ValueError("stage, key, kind and the ids must be strings")
+        if not isinstance(seq, int) or not isinstance(event_time_ms, int) or not isinstance(values, dict):
+            raise ValueError("seq and event_time_ms must be integers and values an object")
+        if stage not in STAGES:
+            raise ValueError(f"stage {stage!r} is not one of {sorted(STAGES)}")
+        return cls(
+            stage, key, event_id, session_id, tenant_id, user_id, agent_id, seq, event_time_ms, kind, values
+        )
+
+
+def _record(stage: str, key: str, event: AgentEvent, **values: Any) -> StageRecord:
+    return StageRecord(
+        stage,
+        key,
+        event.event_id,
+        event.session_id,
+        event.tenant_id,
+        event.user_id,
+        event.agent_id,
+        event.seq,
+        event.event_time_ms,
+        event.kind,
+        values,
+    )
+
+
+def stage_records(event: AgentEvent, stages: frozenset[str]) -> list[StageRecord]:
+    """The records the switched-on `stages` need of one session event (none for most events)."""
+    out: list[StageRecord] = []
+    if isinstance(event, TurnCompleted):
+        if event.cost_usd > 0:
+            if TENANT_DAILY_BUDGET in stages:
+                out.append(_record(TENANT_DAILY_BUDGET, event.tenant_id, event, usd=event.cost_usd))
+            if AGENT_BUDGET in stages:
+                key = f"{event.tenant_id}/{event.agent_id}"
+                out.append(_record(AGENT_BUDGET, key, event, usd=event.cost_usd))
+    elif isinstance(event, ToolReturned):
+        if TOOL_CIRCUIT in stages:
+            out.append(
+                _record(TOOL_CIRCUIT, event.tool_name, event, ok=event.status == "ok", error=event.error_type)
+            )
+        if MEMORY_LEAK in stages and event.fingerprints:
+            out.extend(
+                _record(MEMORY_LEAK, f"{fp:016x}", event, read=True, tool=event.tool_name)
+                for fp in dict.fromkeys(event.fingerprints)
+            )
+    elif isinstance(event, MemoryWritten | MemoryRead):
+        read = isinstance(event, MemoryRead)
+        if MEMORY_LEAK in stages:
+            out.extend(
+                _record(MEMORY_LEAK, f"{fp:016x}", event, read=read, store=event.store)
+                for fp in dict.fromkeys(event.fingerprints)
+            )
+        if MEMORY_NAMESPACE_LEAK in stages:
+            key = f"{event.store}/{event.key}"
+            out.append(_record(MEMORY_NAMESPACE_LEAK, key, event, read=read, store=event.store))
+    return out
+
+
+class KeyedDetector(Protocol):
+    name: str
+    stage: str
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]: ...
+
+
+KeyedSet = tuple[Armed[KeyedDetector], ...]
+KeyedPolicy = Callable[[str, str], KeyedSet]
+"""(tenant_id, agent_id) -> the keyed detectors that judge that agent's records."""
+
+
+def _verdict(
+    detector: str,
+    failure_class: FailureClass,
+    record: StageRecord,
+    *,
+    reason: str,
+    observed: float,
+    threshold: float,
+    window: tuple[int, int],
+    event_ids: Iterable[str] = (),
+    advisory: bool = False,
+    **evidence: Any,
+) -> Verdict:
+    ids = [*event_ids]
+    if not ids or ids[-1] != record.event_id:
+        ids.append(record.event_id)
+    return Verdict(
+        detector=detector,
+        failure_class=failure_class,
+        session_id=record.session_id,
+        reason=reason,
+        observed=observed,
+        threshold=threshold,
+        event_id=record.event_id,
+        seq=record.seq,
+        event_time_ms=record.event_time_ms,
+        evidence={"agent_id": record.agent_id, "kind": record.kind, "stage_key": record.key, **evidence},
+        event_ids=tuple(ids),
+        window_start_ms=window[0],
+        window_end_ms=window[1],
+        advisory=advisory,
+    )
+
+
+def _positive(**values: float) -> None:
+    for key, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{key} must be positive, got {value!r}")
+
+
+def _number(values: dict[str, Any], key: str) -> float:
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"stage record value {key}={value!r} is not a non-negative number")
+    return float(value)
+
+
+class TenantDailyBudget:
+    """A tenant's spend over all its sessions in one UTC day (a tumbling window by event time) above
+    `max_cost_usd`: every session of the tenant that spends more that day is stopped."""
+
+    stage = TENANT_DAILY_BUDGET
+
+    def __init__(self, *, name: str = TENANT_DAILY_BUDGET, max_cost_usd: float = 500.0) -> None:
+        _positive(max_cost_usd=max_cost_usd)
+        self.name = name
+        self.max_cost_usd = max_cost_usd
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        usd = _number(record.values, "usd")
+        day = record.event_time_ms // _DAY_MS
+        current = state.get("day", day)
+        if day < current:
+            return []  # spend from a day already closed: that window has moved on
+        if day > current or "usd" not in state:
+            state.update(day=day, usd=0.0)
+        state["usd"] = round(state["usd"] + usd, 6)
+        spent = state["usd"]
+        if spent <= self.max_cost_usd:
+            return []
+        start = day * _DAY_MS
+        return [
+            _verdict(
+                self.name,
+                FailureClass.RUNAWAY_EXECUTION,
+                record,
+                reason=(
+                    f"tenant {record.tenant_id} has spent ${spent:.2f} today (UTC) across its sessions; "
+                    f"the daily budget is ${self.max_cost_usd:g}"
+                ),
+                observed=spent,
+                threshold=self.max_cost_usd,
+                window=(start, record.event_time_ms),
+                tenant_spend_usd=spent,
+                max_cost_usd=self.max_cost_usd,
+                day_start_ms=start,
+            )
+        ]
+
+
+def _add(buckets: list[list[Any]], start: int, *amounts: float) -> None:
+    """Add `amounts` to the bucket starting at `start`, keeping the buckets in time order."""
+    at = len(buckets)
+    while at and buckets[at - 1][0] > start:
+        at -= 1
+    if at and buckets[at - 1][0] == start:
+        bucket = buckets[at - 1]
+        for i, amount in enumerate(amounts, 1):
+            bucket[i] = round(bucket[i] + amount, 6)
+        return
+    buckets.insert(at, [start, *amounts])
+
+
+def _slide(buckets: list[list[Any]], end_ms: int, span_ms: int) -> None:
+    while buckets and buckets[0][0] <= end_ms - span_ms:
+        del buckets[0]
+
+
+class AgentRollingBudget:
+    """One agent (an `agent_id` of a tenant, over all its sessions) spending more than `max_cost_usd`
+    within a rolling `window_ms`."""
+
+    stage = AGENT_BUDGET
+
+    def __init__(
+        self, *, name: str = AGENT_BUDGET, max_cost_usd: float = 50.0, window_ms: int = 3_600_000
+    ) -> None:
+        _positive(max_cost_usd=max_cost_usd, window_ms=window_ms)
+        self.name = name
+        self.max_cost_usd = max_cost_usd
+        self.window_ms = window_ms
+        self._bucket_ms = max(1, window_ms // _BUCKETS)
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        usd = _number(record.values, "usd")
+        newest = max(int(state.get("newest", 0)), record.event_time_ms)
+        if record.event_time_ms <= newest - self.window_ms:
+            return []
+        state["newest"] = newest
+        buckets: list[list[Any]] = state.setdefault("buckets", [])
+        _add(buckets, record.event_time_ms - record.event_time_ms % self._bucket_ms, usd)
+        _slide(buckets, newest, self.window_ms)
+        spent = round(sum(b[1] for b in buckets), 6)
+        if spent <= self.max_cost_usd:
+            return []
+        return [
+            _verdict(
+                self.name,
+                FailureClass.RUNAWAY_EXECUTION,
+                record,
+                reason=(
+                    f"agent {record.agent_id} of tenant {record.tenant_id} spent ${spent:.2f} within "
+                    f"{self.window_ms / 1000:g} s across its sessions; the limit is ${self.max_cost_usd:g}"
+                ),
+                observed=spent,
+                threshold=self.max_cost_usd,
+                window=(buckets[0][0], newest),
+                agent_spend_usd=spent,
+                max_cost_usd=self.max_cost_usd,
+                window_ms=self.window_ms,
+            )
+        ]
+
+
+class ToolCircuit:
+    """A fleet-wide circuit breaker per tool. Closed, it counts the tool's results over `window_ms` across
+    every session; once at least `min_calls` are in and the error share reaches `error_ratio`, it opens for
+    `open_ms` (every SDK refuses the tool). After that it is half-open: the first result of a call made
+    then decides, success closing it, failure opening it again for another `open_ms`."""
+
+    stage = TOOL_CIRCUIT
+
+    def __init__(
+        self,
+        *,
+        name: str = TOOL_CIRCUIT,
+        window_ms: int = 60_000,
+        min_calls: int = 20,
+        error_ratio: float = 0.5,
+        open_ms: int = 30_000,
+    ) -> None:
+        _positive(window_ms=window_ms, min_calls=min_calls, open_ms=open_ms)
+        if not 0 < error_ratio <= 1:
+            raise ValueError(f"error_ratio must be in (0, 1], got {error_ratio!r}")
+        self.name = name
+        self.window_ms = window_ms
+        self.min_calls = min_calls
+        self.error_ratio = error_ratio
+        self.open_ms = open_ms
+        self._bucket_ms = max(1, window_ms // _BUCKETS)
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        ok = record.values.get("ok") is True
+        t = record.event_time_ms
+        until = int(state.get("until", 0))
+        if until:
+            if t < until:
+                return []  # calls that were in flight when it opened, or refused ones: no news
+            if ok:
+                state.update(until=0, buckets=[])
+                return [self._change(state, record, "closed", "a call after the open period succeeded")]
+            return [self._open(state, record, "a call after the open period failed again")]
+        buckets: list[list[Any]] = state.setdefault("buckets", [])
+        newest = max(int(state.get("newest", 0)), t)
+        if t <= newest - self.window_ms:
+            return []
+        state["newest"] = newest
+        _add(buckets, t - t % self._bucket_ms, 1, 0 if ok else 1)
+        _slide(buckets, newest, self.window_ms)
+        calls = sum(int(b[1]) for b in buckets)
+        errors = sum(int(b[2]) for b in buckets)
+        if calls < self.min_calls or errors / calls < self.error_ratio:
+            return []
+        state["tripped"] = [calls, errors, buckets[0][0]]
+        return [
+            self._open(
+                state,
+                record,
+                f"{errors} of {calls} calls failed within {self.window_ms / 1000:g} s across all sessions "
+                f"({errors / calls:.0%}); the limit is {self.error_ratio:.0%} over at least {self.min_calls}",
+            )
+        ]
+
+    def _open(self, state: dict[str, Any], record: StageRecord, why: str) -> Verdict:
+        state["generation"] = int(state.get("generation", 0)) + 1
+        state["until"] = record.event_time_ms + self.open_ms
+        state["buckets"] = []
+        return self._change(state, record, "open", why)
+
+    def _change(self, state: dict[str, Any], record: StageRecord, circuit: str, why: str) -> Verdict:
+        tool = record.key
+        calls, errors, since = state.get("tripped") or [0, 0, record.event_time_ms]
+        action = f"opened for {self.open_ms / 1000:g} s" if circuit == "open" else "closed"
+        return _verdict(
+            self.name,
+            FailureClass.CASCADING_FAILURE,
+            record,
+            reason=f"tool {tool} circuit {action}: {why}",
+            observed=round(errors / calls, 4) if calls else 0.0,
+            threshold=self.error_ratio,
+            window=(min(since, record.event_time_ms), record.event_time_ms),
+            scope="tool",
+            tool=tool,
+            circuit=circuit,
+            generation=int(state["generation"]),
+            open_ms=self.open_ms,
+            calls=calls,
+            errors=errors,
+            min_calls=self.min_calls,
+            window_ms=self.window_ms,
+            error_type=record.values.get("error"),
+        )
+
+
+# Reads of content (or of a memory key) nobody owns yet, kept in case its owner's write is judged late:
+# the write and the read come from different sessions, so from different partitions, in no fixed order.
+_EARLY_READERS: Final = 4
+
+
+def _owner(record: StageRecord) -> list[Any]:
+    return [record.tenant_id, record.user_id, record.session_id, record.event_id, record.event_time_ms]
+
+
+def _same_owner(owner: list[Any], record: StageRecord) -> bool:
+    return bool(owner[0] == record.tenant_id and owner[1] == record.user_id)
+
+
+class _Ownership:
+    """First writer owns the key; a read by another user or tenant is judged by `_leak`."""
+
+    name = ""
+
+    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
+        raise NotImplementedError
+
+    def _write(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        owner = state["owner"] = _owner(record)
+        early: list[list[Any]] = state.pop("readers", [])
+        found: list[Verdict] = []
+        for entry in early:
+            reader = StageRecord(*entry)
+            # Only a read that happened after the write (by event time) can have seen what it wrote.
+            if reader.event_time_ms >= record.event_time_ms and not _same_owner(owner, reader):
+                found.append(self._leak(owner, reader))
+        return found
+
+    def _early_read(self, state: dict[str, Any], record: StageRecord) -> None:
+        readers: list[Any] = state.setdefault("readers", [])
+        readers.append(orjson.loads(record.to_bytes()))
+        del readers[:-_EARLY_READERS]
+
+
+class ContentOwnership(_Ownership):
+    """Content written to memory by one user surfacing in a session of another user or tenant.
+
+    The key is one content fingerprint. Its first writer owns it; the same content written by a second
+    owner is common text (a template, a public page), not anyone's private data, and is never a leak. A
+    read of owned content (from memory, or in a tool's result) by a session of another user or tenant is.
+    """
+
+    stage = MEMORY_LEAK
+
+    def __init__(self, *, name: str = MEMORY_LEAK) -> None:
+        self.name = name
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        owned = "owner" in state
+        owner: list[Any] | None = state.get("owner")
+        if not record.values.get("read"):
+            if not owned:
+                return self._write(state, record)
+            if owner is not None and not _same_owner(owner, record):
+                state["owner"] = None
+            return []
+        if not owned:
+            self._early_read(state, record)
+            return []
+        if owner is None or _same_owner(owner, record):
+            return []
+        return [self._leak(owner, record)]
+
+    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
+        tenant, user, session, event_id, _ = owner
+        values = reader.values
+        where = f"tool {values['tool']}'s result" if "tool" in values else "a memory read"
+        scope = "tenant" if tenant != reader.tenant_id else "user"
+        return _verdict(
+            self.name,
+            FailureClass.MEMORY_CORRUPTION,
+            reader,
+            reason=(
+                f"content written in session {session} (another {scope}: {tenant}/{user}) surfaced in "
+                f"{where} of this session ({reader.tenant_id}/{reader.user_id})"
+            ),
+            observed=1,
+            threshold=0,
+            window=(reader.event_time_ms, reader.event_time_ms),
+            event_ids=[event_id],
+            fingerprint=reader.key,
+            owner_session_id=session,
+            owner_tenant_id=tenant,
+            owner_user_id=user,
+            owner_event_id=event_id,
+            reader_session_id=reader.session_id,
+            crosses=scope,
+            store=values.get("store"),
+        )
+
+
+class MemoryNamespace(_Ownership):
+    """A memory key (store and key) read or overwritten by a user or tenant other than the one whose
+    session first wrote it. Stores listed in `shared_stores` are meant to be shared and are left alone."""
+
+    stage = MEMORY_NAMESPACE_LEAK
+
+    def __init__(self, *, name: str = MEMORY_NAMESPACE_LEAK, shared_stores: Iterable[str] = ()) -> None:
+        self.name = name
+        self.shared_stores = frozenset(shared_stores)
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        if record.values.get("store") in self.shared_stores:
+            return []
+        owner: list[Any] | None = state.get("owner")
+        if owner is None:
+            if record.values.get("read"):
+                self._early_read(state, record)
+                return []
+            return self._write(state, record)
+        if _same_owner(owner, record):
+            return []
+        return [self._leak(owner, record)]
+
+    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
+        tenant, user, session, event_id, _ = owner
+        access = "read" if reader.values.get("read") else "overwrote"
+        return _verdict(
+            self.name,
+            FailureClass.MEMORY_CORRUPTION,
+            reader,
+            reason=(
+                f"this session ({reader.tenant_id}/{reader.user_id}) {access} memory key {reader.key}, "
+                f"which belongs to {tenant}/{user} (first written in session {session})"
+            ),
+            observed=1,
+            threshold=0,
+            window=(reader.event_time_ms, reader.event_time_ms),
+            event_ids=[event_id],
+            memory_key=reader.key,
+            access=access,
+            owner_session_id=session,
+            owner_tenant_id=tenant,
+            owner_user_id=user,
+            owner_event_id=event_id,
+            reader_session_id=reader.session_id,
+        )

@@ -1,0 +1,401 @@
+"""Runaway loops: an agent (or two) doing the same thing again and again without getting anywhere.
+
+Each detector keeps a small bounded window in the session's state and fires on the event that completes
+the pattern, naming the events that make it:
+
+- `RepeatedToolCall`: one tool called with the same canonical arguments `count` times within a window, or
+  a run of `count` calls to one tool whose results bring nothing new (the near-repeat: arguments reworded,
+  reordered or padded, results the same), which exact matching alone would miss;
+- `CyclicPattern`: the last calls form a cycle of period 2..`max_period` repeated `repeats` times
+  (search, fetch, search, fetch, ...);
+- `AgentPingPong`: two agents passing messages back and forth `exchanges` times with nothing new in them;
+- `NoProgress`: an agent producing the same output `repeats` turns in a row;
+- `Monologue`: an agent taking `turns` LLM turns in a row without calling a tool or messaging anyone;
+- `RepeatedError`: one tool failing with the same error class `count` times in a row.
+
+Patterns are matched on short hashes (CRC-32) of digests the SDK computed, never on content.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Final
+
+from agents_contract import AgentEvent, MessageSent, ToolCalled, ToolReturned, TurnCompleted
+from detectors._errors import compact_id
+from detectors._state import SessionState
+from detectors._suite import Detector, verdict
+from detectors._verdict import FailureClass, Verdict
+from detectors._window import insert, slide, slot
+
+# Agents (or tools) whose runs are kept per session; a further one replaces the one heard from longest ago.
+_TRACKED: Final = 4
+# Result hashes remembered per run when judging whether a result is new.
+_SEEN: Final = 48
+
+
+def _h(*parts: str) -> int:
+    return zlib.crc32("\x00".join(parts).encode("utf-8", "surrogatepass"))
+
+
+def _at_least(minimum: int, **values: int) -> None:
+    for key, value in values.items():
+        if value < minimum:
+            raise ValueError(f"{key} must be at least {minimum}, got {value!r}")
+
+
+def _tracked(runs: dict[str, Any], key: str, fresh: Any) -> Any:
+    """The run kept under `key`, moved to the newest end; the stalest run goes when too many are kept."""
+    run = runs.pop(key, None)
+    if run is None:
+        run = fresh
+    runs[key] = run
+    if len(runs) > _TRACKED:
+        del runs[next(iter(runs))]
+    return run
+
+
+def _ids(ids: list[str], event_id: str, keep: int) -> None:
+    ids.append(event_id)
+    if len(ids) > keep:
+        del ids[: len(ids) - keep]
+
+
+class RepeatedToolCall:
+    """One tool with the same canonical arguments `count` times within `window_ms`, or `count` calls in a
+    row to one tool whose results after the first bring nothing new (same result digest, or fingerprints
+    all seen already in the run)."""
+
+    def __init__(self, *, name: str = "repeated_tool_call", count: int = 5, window_ms: int = 300_000) -> None:
+        _at_least(2, count=count)
+        _at_least(1, window_ms=window_ms)
+        self.name = name
+        self.count = count
+        self.window_ms = window_ms
+        # Calls kept in the window: a loop repeating one call among a few others still fits.
+        self._limit = 3 * count
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if state.late:
+            return None
+        if isinstance(event, ToolCalled):
+            return self._call(state, event)
+        if isinstance(event, ToolReturned):
+            return self._result(state, event)
+        return None
+
+    def _call(self, state: SessionState, event: ToolCalled) -> Verdict | None:
+        window: dict[str, Any] = slot(state, self.name, {})
+        calls: list[list[Any]] = window.setdefault("calls", [])
+        key = _h(event.tool_name, event.args_digest)
+        insert(calls, [event.event_time_ms, key, event.event_id])
+        slide(calls, state.last_event_ms, self.window_ms, limit=self._limit)
+        same = [entry for entry in calls if entry[1] == key]
+        if len(same) < self.count:
+            return None
+        span_s = (same[-1][0] - same[0][0]) / 1000
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"tool {event.tool_name} was called {len(same)} times with the same arguments within "
+                f"{span_s:g} s; the limit is {self.count - 1} repeats within {self.window_ms / 1000:g} s"
+            ),
+            observed=len(same),
+            threshold=self.count,
+            event_ids=[entry[2] for entry in same],
+            window=(same[0][0], state.last_event_ms),
+            match="same_arguments",
+            tool_name=event.tool_name,
+            args_digest=event.args_digest,
+            calls=len(same),
+            window_ms=self.window_ms,
+        )
+
+    def _result(self, state: SessionState, event: ToolReturned) -> Verdict | None:
+        if event.status != "ok" or (event.result_digest is None and not event.fingerprints):
+            return None
+        window: dict[str, Any] = slot(state, self.name, {})
+        # The run: [tool hash, results that brought nothing new, first result's time, seen hashes, ids].
+        run: list[Any] | None = window.get("run")
+        tool = _h(event.tool_name)
+        if run is None or run[0] != tool or event.event_time_ms - run[2] > self.window_ms:
+            run = window["run"] = [tool, 0, event.event_time_ms, [], []]
+        seen: list[int] = run[3]
+        marks = [_h(event.result_digest)] if event.result_digest is not None else []
+        prints = [fp & 0xFFFFFFFF for fp in event.fingerprints or ()]
+        stale = bool(run[4]) and (
+            (bool(marks) and marks[0] in seen) or (bool(prints) and all(fp in seen for fp in prints))
+        )
+        if run[4] and not stale:
+            # Something new came back: the run starts over from this result.
+            run[1:] = [0, event.event_time_ms, [], []]
+            seen = run[3]
+        elif stale:
+            run[1] += 1
+        for mark in (*marks, *prints):
+            if mark not in seen:
+                seen.append(mark)
+        del seen[:-_SEEN]
+        _ids(run[4], event.event_id, self.count)
+        if run[1] + 1 < self.count:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"tool {event.tool_name} was called {run[1] + 1} times in a row and the results after the "
+                f"first brought nothing new; the limit is {self.count - 1} such repeats"
+            ),
+            observed=run[1] + 1,
+            threshold=self.count,
+            event_ids=run[4],
+            window=(run[2], state.last_event_ms),
+            match="same_results",
+            tool_name=event.tool_name,
+            calls=run[1] + 1,
+            window_ms=self.window_ms,
+        )
+
+
+class CyclicPattern:
+    """The session's last tool calls are a cycle of period 2..`max_period` (tool and canonical arguments)
+    repeated `repeats` times in a row."""
+
+    def __init__(self, *, name: str = "cyclic_pattern", max_period: int = 4, repeats: int = 3) -> None:
+        _at_least(2, max_period=max_period, repeats=repeats)
+        self.name = name
+        self.max_period = max_period
+        self.repeats = repeats
+        self._keep = max_period * repeats
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if not isinstance(event, ToolCalled) or state.late:
+            return None
+        # Entries are [call hash, event id], in arrival order: a cycle is an order of calls.
+        calls: list[list[Any]] = slot(state, self.name, [])
+        calls.append([_h(event.tool_name, event.args_digest), event.event_id])
+        if len(calls) > self._keep:
+            del calls[: len(calls) - self._keep]
+        keys = [entry[0] for entry in calls]
+        for period in range(2, self.max_period + 1):
+            span = period * self.repeats
+            if len(keys) < span:
+                break
+            tail = keys[-span:]
+            if len(set(tail[:period])) < 2:
+                continue  # one call repeated is RepeatedToolCall's case, not a cycle
+            if any(tail[i] != tail[i - period] for i in range(period, span)):
+                continue
+            if any(period % shorter == 0 and _periodic(tail, shorter) for shorter in range(2, period)):
+                continue  # reported already under its shortest period
+            ids = [entry[1] for entry in calls[-span:]]
+            return verdict(
+                self.name,
+                FailureClass.RUNAWAY_EXECUTION,
+                state,
+                event,
+                reason=(
+                    f"the last {span} tool calls repeat one cycle of {period} calls {self.repeats} times "
+                    f"(same tools, same arguments); the limit is {self.repeats - 1} repeats"
+                ),
+                observed=self.repeats,
+                threshold=self.repeats,
+                event_ids=ids,
+                period=period,
+                repeats=self.repeats,
+                tool_name=event.tool_name,
+            )
+        return None
+
+
+def _periodic(keys: list[int], period: int) -> bool:
+    return all(keys[i] == keys[i - period] for i in range(period, len(keys)))
+
+
+class AgentPingPong:
+    """Messages bouncing between the same two agents, alternating, `exchanges` times with content that
+    was already sent in the exchange."""
+
+    def __init__(self, *, name: str = "agent_ping_pong", exchanges: int = 6) -> None:
+        _at_least(2, exchanges=exchanges)
+        self.name = name
+        self.exchanges = exchanges
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if not isinstance(event, MessageSent) or state.late:
+            return None
+        sender, receiver = compact_id(event.agent_id), compact_id(event.to_agent_id)
+        pair = sorted((sender, receiver))
+        content = _h(event.content_digest)
+        # The exchange: [pair, last sender, repeated messages, contents seen, first time, ids].
+        run: list[Any] | None = state.slots.get(self.name)
+        if run is None or run[0] != pair or run[1] == sender:
+            run = state.slots[self.name] = [pair, sender, 0, [content], event.event_time_ms, [event.event_id]]
+            return None
+        run[1] = sender
+        if content in run[3]:
+            run[2] += 1
+        else:
+            run[3].append(content)
+            del run[3][:-_SEEN]
+        _ids(run[5], event.event_id, self.exchanges + 1)
+        if run[2] < self.exchanges:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"agents {pair[0]} and {pair[1]} passed {run[2]} messages back and forth with nothing new "
+                f"in them; the limit is {self.exchanges - 1}"
+            ),
+            observed=run[2],
+            threshold=self.exchanges,
+            event_ids=run[5],
+            window=(run[4], state.last_event_ms),
+            agents=pair,
+            exchanges=run[2],
+            distinct_messages=len(run[3]),
+        )
+
+
+class NoProgress:
+    """An agent's turns producing the same output (digest) `repeats` times in a row."""
+
+    def __init__(self, *, name: str = "no_progress", repeats: int = 3) -> None:
+        _at_least(2, repeats=repeats)
+        self.name = name
+        self.repeats = repeats
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if not isinstance(event, TurnCompleted) or event.output_digest is None or state.late:
+            return None
+        runs: dict[str, Any] = slot(state, self.name, {})
+        output = _h(event.output_digest)
+        # Per agent: [output hash, turns in a row with it, first time, ids].
+        run = _tracked(runs, compact_id(event.agent_id), [output, 0, event.event_time_ms, []])
+        if run[0] != output:
+            run[:] = [output, 0, event.event_time_ms, []]
+        run[1] += 1
+        _ids(run[3], event.event_id, self.repeats)
+        if run[1] < self.repeats:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"agent {event.agent_id} produced the same output {run[1]} turns in a row; "
+                f"the limit is {self.repeats - 1}"
+            ),
+            observed=run[1],
+            threshold=self.repeats,
+            event_ids=run[3],
+            window=(run[2], state.last_event_ms),
+            turns=run[1],
+            output_digest=event.output_digest,
+            model=event.model,
+        )
+
+
+class Monologue:
+    """An agent taking `turns` LLM turns in a row without a tool call or a message in between."""
+
+    def __init__(self, *, name: str = "monologue", turns: int = 8) -> None:
+        _at_least(2, turns=turns)
+        self.name = name
+        self.turns = turns
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        acting = isinstance(event, ToolCalled | MessageSent)
+        if not (acting or isinstance(event, TurnCompleted)) or state.late:
+            return None
+        runs: dict[str, Any] = slot(state, self.name, {})
+        # Per agent: [turns in a row, first time, ids].
+        run = _tracked(runs, compact_id(event.agent_id), [0, event.event_time_ms, []])
+        if acting:
+            run[:] = [0, event.event_time_ms, []]
+            return None
+        if not run[0]:
+            run[1] = event.event_time_ms
+        run[0] += 1
+        _ids(run[2], event.event_id, self.turns)
+        if run[0] < self.turns:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"agent {event.agent_id} took {run[0]} LLM turns in a row without calling a tool or "
+                f"messaging another agent; the limit is {self.turns - 1}"
+            ),
+            observed=run[0],
+            threshold=self.turns,
+            event_ids=run[2],
+            window=(run[1], state.last_event_ms),
+            turns=run[0],
+        )
+
+
+class RepeatedError:
+    """One tool failing with the same error class `count` times in a row (its other results break it)."""
+
+    def __init__(self, *, name: str = "repeated_error", count: int = 3) -> None:
+        _at_least(2, count=count)
+        self.name = name
+        self.count = count
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if not isinstance(event, ToolReturned) or state.late:
+            return None
+        runs: dict[str, Any] = slot(state, self.name, {})
+        error = (event.error_type or "error") if event.status == "error" else None
+        key = str(_h(event.tool_name))
+        if error is None:
+            runs.pop(key, None)
+            return None
+        # Per tool: [error class hash, failures in a row, first time, ids].
+        mark = _h(error)
+        run = _tracked(runs, key, [mark, 0, event.event_time_ms, []])
+        if run[0] != mark:
+            run[:] = [mark, 0, event.event_time_ms, []]
+        run[1] += 1
+        _ids(run[3], event.event_id, self.count)
+        if run[1] < self.count:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"tool {event.tool_name} failed with {error} {run[1]} times in a row; "
+                f"the limit is {self.count - 1}"
+            ),
+            observed=run[1],
+            threshold=self.count,
+            event_ids=run[3],
+            window=(run[2], state.last_event_ms),
+            tool_name=event.tool_name,
+            error_type=error,
+            failures=run[1],
+        )
+
+
+LOOP_DETECTORS: Final[tuple[type[Detector], ...]] = (
+    RepeatedToolCall,
+    CyclicPattern,
+    AgentPingPong,
+    NoProgress,
+    Monologue,
+    RepeatedError,
+)

@@ -1,0 +1,132 @@
+"""Sessions that stopped moving: gone quiet for too long, or agents waiting on each other in a circle.
+
+`Stall` is a timed detector: the worker asks it about sessions that sent nothing for a while, and it fires
+once the silence passes `quiet_ms`. `Deadlock` keeps the session's wait-for graph (who waits on whom, from
+`agent.waiting` events) and fires on the wait that closes a cycle, which no agent in it can ever leave. A
+heartbeat is the one event that does not end an agent's wait: a blocked agent may keep saying it is alive,
+and that is exactly the deadlock that a quiet-session timer cannot see.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from agents_contract import AgentEvent, AgentWaiting, Heartbeat
+from detectors._errors import compact_id
+from detectors._state import SessionState
+from detectors._suite import Detector, verdict
+from detectors._verdict import FailureClass, Verdict
+from detectors._window import slot
+
+
+def duration(ms: float) -> str:
+    """A span as an operator reads it in a page: seconds, minutes or hours."""
+    seconds = ms / 1000
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7_200:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3_600:.3g} h"
+
+
+class Stall:
+    """A live session that has sent no event for more than `quiet_ms` (judged by the worker's timer), by
+    its newest event's time or, when later, the time the worker heard it (a backlog is not silence)."""
+
+    def __init__(self, *, name: str = "stall", quiet_ms: int = 300_000) -> None:
+        if quiet_ms <= 0:
+            raise ValueError(f"quiet_ms must be positive, got {quiet_ms!r}")
+        self.name = name
+        self.quiet_ms = quiet_ms
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        return None
+
+    def expire(self, state: SessionState, now_ms: int) -> Verdict | None:
+        if state.ended or not state.events:
+            return None
+        last_ms = max(state.last_event_ms, state.heard_ms)
+        quiet = now_ms - last_ms
+        if quiet <= self.quiet_ms:
+            return None
+        return verdict(
+            self.name,
+            FailureClass.MULTI_AGENT_DEADLOCK,
+            state,
+            None,
+            reason=(
+                f"session has been quiet for {duration(quiet)} without ending; "
+                f"the limit is {duration(self.quiet_ms)}"
+            ),
+            observed=quiet,
+            threshold=self.quiet_ms,
+            window=(last_ms, now_ms),
+            quiet_ms=quiet,
+            last_event_ms=state.last_event_ms,
+            events=state.events,
+        )
+
+
+class Deadlock:
+    """An `agent.waiting` that closes a cycle in the session's wait-for graph (A waits B ... waits A)."""
+
+    def __init__(self, *, name: str = "deadlock", max_edges: int = 16) -> None:
+        if max_edges < 2:
+            raise ValueError(f"max_edges must be at least 2, got {max_edges!r}")
+        self.name = name
+        self.max_edges = max_edges
+
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        # Edges are [waiter, waited on, waiter's seq, event time]: an agent waits on one other at a time.
+        edges: list[list[Any]] | None = state.slots.get(self.name)
+        if isinstance(event, AgentWaiting):
+            return self._wait(state, event, edges if edges is not None else slot(state, self.name, []))
+        if edges and not isinstance(event, Heartbeat):
+            agent = compact_id(event.agent_id)
+            for at, edge in enumerate(edges):
+                # By seq, not time: only a later step of the waiter itself ends its wait, whatever the clocks.
+                if edge[0] == agent:
+                    if event.seq > edge[2]:
+                        del edges[at]
+                    break
+        return None
+
+    def _wait(self, state: SessionState, event: AgentWaiting, edges: list[list[Any]]) -> Verdict | None:
+        # A wait that arrives after a later event of the same agent is over already.
+        if event.seq < state.seen.get(event.agent_id, [event.seq])[0]:
+            return None
+        waiter, waited_on = compact_id(event.agent_id), compact_id(event.waiting_on_agent_id)
+        edges[:] = [edge for edge in edges if edge[0] != waiter]
+        edges.append([waiter, waited_on, event.seq, event.event_time_ms])
+        if len(edges) > self.max_edges:
+            del edges[0]
+        waits_on = {edge[0]: edge[1] for edge in edges}
+        cycle = [waiter]
+        node = waited_on
+        while node != waiter and node in waits_on and len(cycle) <= len(waits_on):
+            cycle.append(node)
+            node = waits_on[node]
+        if node != waiter:
+            return None
+        since = {edge[0]: edge[3] for edge in edges}
+        started_ms = min(since[agent] for agent in cycle)
+        if len(cycle) == 1:
+            reason = f"agent {waiter} waits on itself; it can never proceed"
+        else:
+            chain = ", ".join(f"{a} waits on {b}" for a, b in zip(cycle, [*cycle[1:], waiter], strict=True))
+            reason = f"{len(cycle)} agents wait on each other in a cycle ({chain}); none of them can proceed"
+        return verdict(
+            self.name,
+            FailureClass.MULTI_AGENT_DEADLOCK,
+            state,
+            event,
+            reason=reason,
+            observed=len(cycle),
+            threshold=1,
+            window=(started_ms, max(started_ms, state.last_event_ms)),
+            cycle=cycle,
+            waiting_since_ms=started_ms,
+        )
+
+
+STALL_DETECTORS: Final[tuple[type[Detector], ...]] = (Stall, Deadlock)

@@ -1,0 +1,40 @@
+"""Event-time windows kept inside a session's state: plain lists, oldest first, bounded by their detector.
+
+An entry is a list whose first item is its event time in milliseconds. Windows follow event time, not
+arrival: `slide` drops what fell out of the window ending at the session's newest event, so the same events
+give the same verdicts in the worker and in `tripwire replay`, however late they are read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors._state import SessionState
+
+
+def slot(state: SessionState, name: str, default: Any) -> Any:
+    """The detector's own part of the session state, created on first use."""
+    value = state.slots.get(name)
+    if value is None:
+        value = state.slots[name] = default
+    return value
+
+
+def slide(entries: list[list[Any]], end_ms: int, span_ms: int, *, limit: int | None = None) -> None:
+    """Drop the entries older than `span_ms` before `end_ms`, and the oldest beyond `limit`."""
+    start = end_ms - span_ms
+    drop = 0
+    while drop < len(entries) and entries[drop][0] < start:
+        drop += 1
+    if limit is not None and len(entries) - drop > limit:
+        drop = len(entries) - limit
+    if drop:
+        del entries[:drop]
+
+
+def insert(entries: list[list[Any]], entry: list[Any]) -> None:
+    """Add an entry in event-time order (an out-of-order event within the lateness goes where it belongs)."""
+    at = len(entries)
+    while at and entries[at - 1][0] > entry[0]:
+        at -= 1
+    entries.insert(at, entry)
