@@ -33,8 +33,17 @@ from agents_contract._events import (
     parse_event,
 )
 from agents_contract._fence import Fence
+from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._schema import contract_json_schema
-from agents_contract._sdk import AgentGuard, GuardedSession, SessionKilled, Turn, digest
+from agents_contract._sdk import (
+    AgentGuard,
+    GuardedSession,
+    SessionKilled,
+    ToolCircuitOpen,
+    ToolCircuits,
+    Turn,
+    digest,
+)
 
 __all__ = [
     "EVENT_KINDS",
@@ -56,15 +65,19 @@ __all__ = [
     "SessionKilled",
     "SessionStarted",
     "ToolCalled",
+    "ToolCircuitOpen",
+    "ToolCircuits",
     "ToolReturned",
     "Turn",
     "TurnCompleted",
     "TurnStarted",
+    "canonical_digest",
     "contract_json_schema",
     "digest",
     "encode_command",
     "encode_event",
     "event_json_schema",
+    "fingerprints",
     "kill_command_id",
     "parse_command",
     "parse_event",

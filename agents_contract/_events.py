@@ -88,6 +88,9 @@ class ToolReturned(_Envelope):
     error_type: _Name | None = Field(default=None, alias="error.type")
     result_digest: _Digest | None = None
     latency_ms: Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False)]
+    # Fingerprints of the result's content (see `fingerprints`), when it was text or JSON: content a tool
+    # fetched in one session that turns up in another is a leak the memory events alone would not show.
+    fingerprints: _Fingerprints | None = None
 
 
 class MemoryWritten(_Envelope):

@@ -1,11 +1,13 @@
 """The agent-side SDK: wrap an agent's work so Tripwire sees it and can stop it.
 
 `AgentGuard` is one per agent process: it owns the event producer, the control subscription and the fence
-client. `guard.session(...)` attaches one unit of work; its guarded calls (`call_tool`, `turn`) publish the
-called/returned events with timing and error class, and `run()` runs the work as a task. When a valid kill
-for the session arrives, the SDK cancels the work and every guarded call in flight (they raise
-`SessionKilled`), refuses further guarded calls, and publishes an acknowledgement. A kill that was issued
-before the session attached is found in the fence at attach.
+client. `guard.session(...)` attaches one unit of work; its guarded calls (`call_tool`, `turn`, `remember`,
+`recall`) publish the called/returned events with timing, error class and content fingerprints, and `run()`
+runs the work as a task. When a valid kill for the session arrives, the SDK cancels the work and every
+guarded call in flight (they raise `SessionKilled`), refuses further guarded calls, and publishes an
+acknowledgement. A kill that was issued before the session attached is found in the fence at attach. A valid
+kill with scope `tool` opens a circuit for that tool in every session of the process instead (`ToolCircuits`):
+calls are refused without running until it half-opens, when one probe call decides whether it closes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Literal, Self, TypeVar
 
 import orjson
 from pydantic import SecretStr
@@ -30,6 +33,8 @@ from agents_contract._events import (
     ContractError,
     ControlAck,
     Heartbeat,
+    MemoryRead,
+    MemoryWritten,
     MessageSent,
     SessionEnded,
     SessionStarted,
@@ -40,6 +45,7 @@ from agents_contract._events import (
     encode_event,
 )
 from agents_contract._fence import Fence
+from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._kafka import ControlSubscription, EventPublisher
 
 T = TypeVar("T")
@@ -56,10 +62,154 @@ class SessionKilled(RuntimeError):
         self.command = command
 
 
+class ToolCircuitOpen(RuntimeError):
+    """Raised by `call_tool` for a tool whose circuit Tripwire opened; the tool did not run. `until_ms` is
+    when the circuit half-opens (already past while another call is probing it: retry shortly)."""
+
+    def __init__(self, tool: str, until_ms: int) -> None:
+        super().__init__(f"tool {tool} is switched off by Tripwire until {until_ms} ms")
+        self.tool = tool
+        self.until_ms = until_ms
+
+
 def digest(value: Any) -> str:
     """A stable digest of JSON-like data (keys sorted), so equal arguments give equal digests."""
     body = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=repr)
     return hashlib.sha256(body).hexdigest()[:32]
+
+
+def _text_of(value: Any) -> str | None:
+    """The text to fingerprint: text as it is, JSON-like data as orjson writes it, nothing for the rest."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict | list | tuple):
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _content_fingerprints(value: Any) -> list[int] | None:
+    text = _text_of(value)
+    return None if text is None else fingerprints(text)
+
+
+def _describe_result(result: Any) -> tuple[str | None, list[int] | None]:
+    """Result digest and fingerprints; a result the SDK cannot describe is reported without them rather
+    than failing a call whose tool succeeded."""
+    try:
+        result_digest: str | None = digest(result)
+    except (TypeError, ValueError, RecursionError):
+        result_digest = None
+    return result_digest, _content_fingerprints(result) or None
+
+
+@dataclass(slots=True)
+class _Circuit:
+    generation: int
+    open_ms: int
+    # When the open period ends (the circuit half-opens); None once closed.
+    until_ms: int | None
+    probing: bool = False
+
+
+class ToolCircuits:
+    """Per-tool circuits of one agent process, opened and closed by signed `tool`-scope kill commands.
+
+    A command's evidence says `circuit` ("open" or "closed"), `generation` and, to open, `open_ms`. An open
+    circuit refuses calls until `issued_at_ms + open_ms` by the injected clock, then half-opens: one probe
+    call at a time may run; its success closes the circuit, its failure re-opens it for `open_ms` more.
+    Generations order the commands, which the control topic does not (several partitions, redelivery after
+    a worker crash): a command no newer than the one in force is ignored, except that a close of the same
+    generation wins over its open. Commands are verified here too, so nothing unsigned ever opens a circuit.
+    """
+
+    def __init__(self, signer: CommandSigner, *, clock: Callable[[], float] = time.time) -> None:
+        self._signer = signer
+        self._clock = clock
+        self._circuits: dict[str, _Circuit] = {}
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def apply(self, command: KillCommand) -> bool:
+        """Apply a `tool`-scope command; True when it opened or closed a circuit."""
+        if command.scope != "tool" or not self._signer.verify(command):
+            return False
+        tool, evidence = command.target, command.evidence
+        action, generation = evidence.get("circuit"), _count(evidence.get("generation"))
+        open_ms = _count(evidence.get("open_ms"))
+        if action not in ("open", "closed") or generation is None or (action == "open" and open_ms is None):
+            log.warning(
+                "ignored tool command %s: evidence %r is not a circuit change", command.command_id, evidence
+            )
+            return False
+        current = self._circuits.get(tool)
+        if action == "open" and open_ms is not None:
+            if current is not None and generation <= current.generation:
+                return False
+            until = command.issued_at_ms + open_ms
+            self._circuits[tool] = _Circuit(generation, open_ms, until)
+            log.warning(
+                "tool %s circuit opened until %d ms by %s (generation %d): %s",
+                tool,
+                until,
+                command.detector,
+                generation,
+                command.reason,
+            )
+            return True
+        if current is None:
+            # Remembered, so that an older open arriving after it is known to be older.
+            self._circuits[tool] = _Circuit(generation, 0, None)
+            return False
+        if generation < current.generation or (generation == current.generation and current.until_ms is None):
+            return False
+        was_open = current.until_ms is not None
+        self._circuits[tool] = _Circuit(generation, current.open_ms, None)
+        if was_open:
+            log.warning("tool %s circuit closed by %s (generation %d)", tool, command.detector, generation)
+        return was_open
+
+    def state(self, tool: str) -> Literal["closed", "open", "half_open"]:
+        circuit = self._circuits.get(tool)
+        if circuit is None or circuit.until_ms is None:
+            return "closed"
+        return "open" if self._now_ms() < circuit.until_ms else "half_open"
+
+    def admit(self, tool: str) -> int | None:
+        """Let one call of `tool` through or raise `ToolCircuitOpen`. Returns None for a closed circuit, and
+        for the probe of a half-open one its generation, which the caller must hand to `settle`."""
+        circuit = self._circuits.get(tool)
+        if circuit is None or circuit.until_ms is None:
+            return None
+        if self._now_ms() < circuit.until_ms or circuit.probing:
+            raise ToolCircuitOpen(tool, circuit.until_ms)
+        circuit.probing = True
+        return circuit.generation
+
+    def settle(self, tool: str, generation: int, *, ok: bool | None) -> None:
+        """Report the probe's outcome: True closes, False re-opens, None (the call was cancelled or its
+        session killed, which says nothing about the tool) lets the next call probe."""
+        circuit = self._circuits.get(tool)
+        if circuit is None or circuit.generation != generation or not circuit.probing:
+            return  # a command changed the circuit while the probe ran; the command wins
+        circuit.probing = False
+        if circuit.until_ms is None or ok is None:
+            return
+        if ok:
+            circuit.until_ms = None
+            log.warning("tool %s circuit closed: a probe call succeeded", tool)
+        else:
+            circuit.until_ms = self._now_ms() + circuit.open_ms
+            log.warning(
+                "tool %s circuit re-opened until %d ms: the probe call failed", tool, circuit.until_ms
+            )
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class AgentGuard:
@@ -81,6 +231,7 @@ class AgentGuard:
         self._control = ControlSubscription(bootstrap, control_topic)
         self._fence = Fence(redis_url)
         self._clock = clock
+        self.tool_circuits = ToolCircuits(self._signer, clock=clock)
         self._sessions: dict[str, list[GuardedSession]] = {}
         self._listener: asyncio.Task[None] | None = None
         self.forged_commands = 0
@@ -154,6 +305,10 @@ class AgentGuard:
                 command.target,
             )
             return
+        if command.scope == "tool":
+            # A tool circuit is the process's, not a session's: nothing to cancel and no session to ack for.
+            self.tool_circuits.apply(command)
+            return
         if command.scope != "session":
             log.debug(
                 "command %s has scope %s, which this SDK does not enforce", command.command_id, command.scope
@@ -225,31 +380,47 @@ class GuardedSession:
     async def call_tool(
         self, tool_name: str, args: Any, fn: Callable[..., Awaitable[T]], *a: Any, **kw: Any
     ) -> T:
-        """Call a tool through the guard: refused once killed, cancelled by a kill, timed and reported."""
+        """Call a tool through the guard: refused once killed or while the tool's circuit is open
+        (`ToolCircuitOpen`, nothing published), cancelled by a kill, timed and reported."""
         self._gate()
-        call_id = uuid.uuid4().hex
-        await self._emit(
-            ToolCalled, step=True, tool_name=tool_name, call_id=call_id, args_digest=digest(args)
-        )
-        started = time.perf_counter()
-        status, error_type, result_digest = "ok", None, None
+        circuits = self._guard.tool_circuits
+        probe = circuits.admit(tool_name)
+        outcome: bool | None = None
         try:
-            result = await self._watch(asyncio.ensure_future(fn(*a, **kw)))
-            result_digest = digest(result)
-            return result
-        except BaseException as exc:
-            status, error_type = "error", type(exc).__name__
-            raise
-        finally:
+            call_id = uuid.uuid4().hex
             await self._emit(
-                ToolReturned,
+                ToolCalled,
+                step=True,
                 tool_name=tool_name,
                 call_id=call_id,
-                status=status,
-                error_type=error_type,
-                result_digest=result_digest,
-                latency_ms=(time.perf_counter() - started) * 1000,
+                args_digest=canonical_digest(args),
             )
+            started = time.perf_counter()
+            status, error_type, result_digest, prints = "ok", None, None, None
+            try:
+                result = await self._watch(asyncio.ensure_future(fn(*a, **kw)))
+                outcome = True
+                result_digest, prints = _describe_result(result)
+                return result
+            except BaseException as exc:
+                status, error_type = "error", type(exc).__name__
+                if isinstance(exc, Exception) and not isinstance(exc, SessionKilled):
+                    outcome = False
+                raise
+            finally:
+                await self._emit(
+                    ToolReturned,
+                    tool_name=tool_name,
+                    call_id=call_id,
+                    status=status,
+                    error_type=error_type,
+                    result_digest=result_digest,
+                    latency_ms=(time.perf_counter() - started) * 1000,
+                    fingerprints=prints,
+                )
+        finally:
+            if probe is not None:
+                circuits.settle(tool_name, probe, ok=outcome)
 
     def turn(self, model: str) -> Turn:
         """Guard one LLM turn: `async with session.turn("gpt-4o") as turn: ...; turn.record(...)`."""
@@ -258,6 +429,19 @@ class GuardedSession:
     async def send_message(self, to_agent_id: str, content: Any) -> None:
         self._gate()
         await self._emit(MessageSent, to_agent_id=to_agent_id, content_digest=digest(content))
+
+    async def remember(self, store: str, key: str, content: Any) -> None:
+        """Report a write of `content` (text or JSON-like) to memory `store` under `key`: only its
+        fingerprints leave the process."""
+        self._gate()
+        prints = _content_fingerprints(content) or []
+        await self._emit(MemoryWritten, store=store, key=key, fingerprints=prints)
+
+    async def recall(self, store: str, key: str, content: Any) -> None:
+        """Report that `content` was read back from memory `store` under `key` (its fingerprints only)."""
+        self._gate()
+        prints = _content_fingerprints(content) or []
+        await self._emit(MemoryRead, store=store, key=key, fingerprints=prints)
 
     async def heartbeat(self) -> None:
         await self._emit(Heartbeat)

@@ -1,0 +1,110 @@
+"""Content fingerprints and argument digests, computed inside the agent process so no raw content leaves it.
+
+Tripwire detects data from one session surfacing in another (a user's record written to shared memory and
+read back in someone else's session) without ever seeing that data. The SDK reduces content to a short list
+of 64-bit numbers here and publishes only those: each number is a keyed hash (BLAKE2b with Tripwire's own
+personalisation) of `shingle` consecutive normalised words, which cannot be turned back into the words, and
+only a sample of them is kept, so the events carry neither the text nor enough to rebuild it. Normalising
+(Unicode NFKC, casefold, word characters only) makes a copy that differs in case, spacing or punctuation
+give the same numbers. The sample is chosen by winnowing (Schleimer, Wilkerson and Aiken, SIGMOD 2003):
+of every `window` consecutive shingle hashes the smallest is kept. Any passage of at least
+`shingle + window - 1` words holds `window` whole shingles, one complete window, and both texts that contain
+the passage keep that window's minimum: a shared passage that long always shares a fingerprint, wherever it
+sits in either text, while unrelated texts share one only by a 64-bit hash collision. Past `limit` the
+guarantee becomes statistical: the `limit` smallest values are kept (in text order), a consistent sample, so
+two long texts keep the same numbers for what they share instead of only those of their first pages.
+
+`canonical_digest` is the other half: a digest of a tool call's arguments that is equal when the arguments
+differ only trivially (key order, list order, case, spacing, empty values), so a loop that rephrases the
+same call is still seen as repeating.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import re
+import unicodedata
+import uuid
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel
+
+MAX_FINGERPRINTS: Final = 512
+MIN_WORDS: Final = 4
+
+_PERSON: Final = b"tripwire.fp.v1"
+_NOT_WORD: Final = re.compile(r"[^\w\s]+")
+
+
+def _words(text: str) -> list[str]:
+    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold()).split()
+
+
+def _hash(words: list[str]) -> int:
+    body = " ".join(words).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(body, digest_size=8, person=_PERSON).digest(), "big")
+
+
+def fingerprints(text: str, *, shingle: int = 8, window: int = 4, limit: int = 64) -> list[int]:
+    """Winnowed 64-bit fingerprints of `text`: texts sharing a passage of `shingle + window - 1` words share
+    one. At most `limit` of them (the contract carries at most 512); [] for text under 4 words."""
+    if shingle < 1 or window < 1:
+        raise ValueError(f"shingle ({shingle}) and window ({window}) must be at least 1")
+    if not 0 <= limit <= MAX_FINGERPRINTS:
+        raise ValueError(f"limit is {limit}; it must be between 0 and {MAX_FINGERPRINTS}")
+    words = _words(text)
+    if len(words) < shingle:
+        return [_hash(words)] if len(words) >= MIN_WORDS and limit else []
+    hashes = [_hash(words[i : i + shingle]) for i in range(len(words) - shingle + 1)]
+    kept: dict[int, None] = {}
+    for i in range(max(1, len(hashes) - window + 1)):
+        kept.setdefault(min(hashes[i : i + window]))
+    if len(kept) <= limit:
+        return list(kept)
+    smallest = set(heapq.nsmallest(limit, kept))
+    return [h for h in kept if h in smallest]
+
+
+def canonical_digest(value: Any) -> str:
+    """A digest of tool arguments (32 hex characters) that ignores key and list order, case, runs of
+    whitespace and keys whose value is empty (None, "", [], {})."""
+    try:
+        body = orjson.dumps(_canonical(value), option=orjson.OPT_SORT_KEYS)
+    except (RecursionError, TypeError, ValueError):
+        # Arguments orjson cannot take (nesting deeper than it allows, say). A digest that is unique per call
+        # is the safe fallback: it can hide a repeat, but never make distinct calls look like a loop.
+        body = uuid.uuid4().bytes
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, str):
+        return " ".join(unicodedata.normalize("NFKC", value).split()).casefold()
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        # orjson refuses integers past 64 bits; their decimal text is as good for a digest.
+        return value if -(2**63) <= value < 2**64 else str(value)
+    if isinstance(value, float):
+        # 2 and 2.0 are the same argument; past 2**53 a float is not an exact integer anyway.
+        return int(value) if value.is_integer() and abs(value) <= 2**53 else value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            canonical = _canonical(item)
+            if canonical is None or canonical in ("", [], {}):
+                continue
+            out[key if isinstance(key, str) else str(key)] = canonical
+        return out
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_canonical(item) for item in value]
+        return sorted(items, key=lambda item: orjson.dumps(item, option=orjson.OPT_SORT_KEYS))
+    if isinstance(value, BaseModel):
+        return _canonical(value.model_dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _canonical(dataclasses.asdict(value))
+    # Anything else (datetimes, UUIDs, enums, custom objects): its JSON form as orjson writes it.
+    return _canonical(orjson.loads(orjson.dumps(value, default=repr)))
