@@ -87,8 +87,10 @@ class StageRecord:
         names = (stage, key, event_id, session_id, tenant_id, user_id, agent_id, kind)
         if not all(isinstance(n, str) for n in names):
             raise ValueError("stage, key, kind and the ids must be strings")
-        if not isinstance(seq, int) or not isinstance(event_time_ms, int) or not isinstance(values, dict):
-            raise ValueError("seq and event_time_ms must be integers and values an object")
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in (seq, event_time_ms)):
+            raise ValueError("seq and event_time_ms must be integers")
+        if not isinstance(values, dict):
+            raise ValueError("values must be an object")
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {sorted(STAGES)}")
         return cls(
@@ -406,37 +408,48 @@ class ToolCircuit:
 _EARLY_READERS: Final = 4
 
 
-def _owner(record: StageRecord) -> list[Any]:
-    return [record.tenant_id, record.user_id, record.session_id, record.event_id, record.event_time_ms]
+def _fields(record: StageRecord) -> list[Any]:
+    return [getattr(record, name) for name in StageRecord.__slots__]
 
 
-def _same_owner(owner: list[Any], record: StageRecord) -> bool:
-    return bool(owner[0] == record.tenant_id and owner[1] == record.user_id)
+def _same_owner(a: StageRecord, b: StageRecord) -> bool:
+    return a.tenant_id == b.tenant_id and a.user_id == b.user_id
 
 
 class _Ownership:
-    """First writer owns the key; a read by another user or tenant is judged by `_leak`."""
+    """The first writer by event time owns the key; a read by another user or tenant made after that write
+    (by event time, whatever order the two are judged in) is judged by `_leak`."""
 
     name = ""
 
-    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
+    def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
         raise NotImplementedError
 
+    @staticmethod
+    def owner(state: dict[str, Any]) -> StageRecord | None:
+        fields = state.get("owner")
+        return StageRecord(*fields) if fields else None
+
     def _write(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
-        owner = state["owner"] = _owner(record)
+        state["owner"] = _fields(record)
         early: list[list[Any]] = state.pop("readers", [])
         found: list[Verdict] = []
         for entry in early:
             reader = StageRecord(*entry)
-            # Only a read that happened after the write (by event time) can have seen what it wrote.
-            if reader.event_time_ms >= record.event_time_ms and not _same_owner(owner, reader):
-                found.append(self._leak(owner, reader))
+            if reader.event_time_ms >= record.event_time_ms and not _same_owner(record, reader):
+                found.append(self._leak(record, reader))
         return found
 
-    def _early_read(self, state: dict[str, Any], record: StageRecord) -> None:
-        readers: list[Any] = state.setdefault("readers", [])
-        readers.append(orjson.loads(record.to_bytes()))
-        del readers[:-_EARLY_READERS]
+    def _read(self, state: dict[str, Any], owner: StageRecord | None, record: StageRecord) -> list[Verdict]:
+        if owner is None:
+            readers: list[Any] = state.setdefault("readers", [])
+            readers.append(_fields(record))
+            del readers[:-_EARLY_READERS]
+            return []
+        # A read from before the write (judged after it) cannot have seen what was written.
+        if _same_owner(owner, record) or record.event_time_ms < owner.event_time_ms:
+            return []
+        return [self._leak(owner, record)]
 
 
 class ContentOwnership(_Ownership):
@@ -453,23 +466,21 @@ class ContentOwnership(_Ownership):
         self.name = name
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
-        owned = "owner" in state
-        owner: list[Any] | None = state.get("owner")
-        if not record.values.get("read"):
-            if not owned:
-                return self._write(state, record)
-            if owner is not None and not _same_owner(owner, record):
-                state["owner"] = None
+        if state.get("common"):
             return []
-        if not owned:
-            self._early_read(state, record)
-            return []
-        if owner is None or _same_owner(owner, record):
-            return []
-        return [self._leak(owner, record)]
+        owner = self.owner(state)
+        if record.values.get("read"):
+            return self._read(state, owner, record)
+        if owner is None:
+            return self._write(state, record)
+        if not _same_owner(owner, record):
+            # Written by two owners: common text, nobody's private data.
+            state.clear()
+            state["common"] = True
+        return []
 
-    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
-        tenant, user, session, event_id, _ = owner
+    def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
+        tenant, user, session, event_id = owner.tenant_id, owner.user_id, owner.session_id, owner.event_id
         values = reader.values
         where = f"tool {values['tool']}'s result" if "tool" in values else "a memory read"
         scope = "tenant" if tenant != reader.tenant_id else "user"
@@ -509,18 +520,20 @@ class MemoryNamespace(_Ownership):
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         if record.values.get("store") in self.shared_stores:
             return []
-        owner: list[Any] | None = state.get("owner")
+        owner = self.owner(state)
+        if record.values.get("read"):
+            return self._read(state, owner, record)
         if owner is None:
-            if record.values.get("read"):
-                self._early_read(state, record)
-                return []
             return self._write(state, record)
         if _same_owner(owner, record):
             return []
+        if record.event_time_ms < owner.event_time_ms:
+            # This write came first (judged late): its writer owns the key, and the other one overwrote it.
+            return [*self._write(state, record), self._leak(record, owner)]
         return [self._leak(owner, record)]
 
-    def _leak(self, owner: list[Any], reader: StageRecord) -> Verdict:
-        tenant, user, session, event_id, _ = owner
+    def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
+        tenant, user, session, event_id = owner.tenant_id, owner.user_id, owner.session_id, owner.event_id
         access = "read" if reader.values.get("read") else "overwrote"
         return _verdict(
             self.name,

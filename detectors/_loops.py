@@ -30,7 +30,13 @@ from detectors._window import insert, slide, slot
 
 # Agents (or tools) whose runs are kept per session; a further one replaces the one heard from longest ago.
 _TRACKED: Final = 4
-# Result hashes remembered per run when judging whether a result is new.
+# Result digests remembered per run when judging whether a result is new, and the bitmap its fingerprints
+# are folded into: 64 fingerprints (the SDK's default) fill about 12% of 512 bits, so a result of at least
+# `_MIN_PRINTS` new fingerprints looks seen by chance less than once in 4,000 results.
+_DIGESTS: Final = 8
+_BITMAP_BITS: Final = 512
+_MIN_PRINTS: Final = 4
+# Message contents remembered per exchange between two agents.
 _SEEN: Final = 48
 
 
@@ -86,6 +92,7 @@ class RepeatedToolCall:
 
     def _call(self, state: SessionState, event: ToolCalled) -> Verdict | None:
         window: dict[str, Any] = slot(state, self.name, {})
+        # Entries are [event time, call hash, event id].
         calls: list[list[Any]] = window.setdefault("calls", [])
         key = _h(event.tool_name, event.args_digest)
         insert(calls, [event.event_time_ms, key, event.event_id])
@@ -118,28 +125,32 @@ class RepeatedToolCall:
         if event.status != "ok" or (event.result_digest is None and not event.fingerprints):
             return None
         window: dict[str, Any] = slot(state, self.name, {})
-        # The run: [tool hash, results that brought nothing new, first result's time, seen hashes, ids].
+        # The run: [tool hash, results that brought nothing new, first result's time, result digest hashes,
+        # fingerprint bitmap (hex), ids].
         run: list[Any] | None = window.get("run")
         tool = _h(event.tool_name)
         if run is None or run[0] != tool or event.event_time_ms - run[2] > self.window_ms:
-            run = window["run"] = [tool, 0, event.event_time_ms, [], []]
-        seen: list[int] = run[3]
-        marks = [_h(event.result_digest)] if event.result_digest is not None else []
-        prints = [fp & 0xFFFFFFFF for fp in event.fingerprints or ()]
-        stale = bool(run[4]) and (
-            (bool(marks) and marks[0] in seen) or (bool(prints) and all(fp in seen for fp in prints))
+            run = window["run"] = _fresh_run(tool, event.event_time_ms)
+        mark = _h(event.result_digest) if event.result_digest is not None else None
+        prints = event.fingerprints or ()
+        bitmap = int(run[4], 16)
+        bits = 0
+        for fp in prints:
+            bits |= 1 << (fp % _BITMAP_BITS)
+        stale = bool(run[5]) and (
+            (mark is not None and mark in run[3]) or (len(prints) >= _MIN_PRINTS and bits & bitmap == bits)
         )
-        if run[4] and not stale:
+        if run[5] and not stale:
             # Something new came back: the run starts over from this result.
-            run[1:] = [0, event.event_time_ms, [], []]
-            seen = run[3]
+            run[:] = _fresh_run(tool, event.event_time_ms)
+            bitmap = 0
         elif stale:
             run[1] += 1
-        for mark in (*marks, *prints):
-            if mark not in seen:
-                seen.append(mark)
-        del seen[:-_SEEN]
-        _ids(run[4], event.event_id, self.count)
+        if mark is not None and mark not in run[3]:
+            run[3].append(mark)
+            del run[3][:-_DIGESTS]
+        run[4] = f"{bitmap | bits:x}"
+        _ids(run[5], event.event_id, self.count)
         if run[1] + 1 < self.count:
             return None
         return verdict(
@@ -153,13 +164,17 @@ class RepeatedToolCall:
             ),
             observed=run[1] + 1,
             threshold=self.count,
-            event_ids=run[4],
+            event_ids=run[5],
             window=(run[2], state.last_event_ms),
             match="same_results",
             tool_name=event.tool_name,
             calls=run[1] + 1,
             window_ms=self.window_ms,
         )
+
+
+def _fresh_run(tool: int, t: int) -> list[Any]:
+    return [tool, 0, t, [], "0", []]
 
 
 class CyclicPattern:

@@ -1,0 +1,427 @@
+"""Runaway loops: repeated tool calls, cycles, agent ping-pong, no progress, monologues, repeated errors."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agents_contract import AgentEvent, MessageSent, ToolCalled, ToolReturned, TurnCompleted
+from detectors import Detector, DetectorSuite, FailureClass, SessionState, Verdict
+from detectors._loops import (
+    LOOP_DETECTORS,
+    AgentPingPong,
+    CyclicPattern,
+    Monologue,
+    NoProgress,
+    RepeatedError,
+    RepeatedToolCall,
+)
+
+T0 = 1_700_000_000_000
+
+
+class Session:
+    """One session's events through a suite of loop detectors, with a sequence per agent."""
+
+    def __init__(self, *detectors: Detector, lateness_ms: int = 5_000) -> None:
+        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
+        self.state = SessionState("s-1")
+        self.seqs: dict[str, int] = {}
+        self.last: AgentEvent | None = None
+
+    def env(self, t: int, agent: str) -> dict[str, Any]:
+        seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
+        return {
+            "event_id": f"e-{agent[:8]}-{seq}",
+            "session_id": "s-1",
+            "agent_id": agent,
+            "tenant_id": "acme",
+            "user_id": "u-1",
+            "seq": seq,
+            "event_time_ms": T0 + t,
+        }
+
+    def send(self, event: AgentEvent) -> list[Verdict]:
+        self.last = event
+        return self.suite.observe(self.state, event).verdicts
+
+    def call(self, t: int, tool: str = "search", args: str = "d", agent: str = "a1") -> list[Verdict]:
+        return self.send(ToolCalled(**self.env(t, agent), tool_name=tool, call_id=f"c{t}", args_digest=args))
+
+    def result(
+        self,
+        t: int,
+        digest: str | None = "r",
+        *,
+        tool: str = "search",
+        error: str | None = None,
+        prints: list[int] | None = None,
+        agent: str = "a1",
+    ) -> list[Verdict]:
+        return self.send(
+            ToolReturned(
+                **self.env(t, agent),
+                tool_name=tool,
+                call_id=f"c{t}",
+                status="ok" if error is None else "error",
+                error_type=error,
+                result_digest=digest,
+                latency_ms=40.0,
+                fingerprints=prints,
+            )
+        )
+
+    def message(self, t: int, sender: str, to: str, digest: str) -> list[Verdict]:
+        return self.send(MessageSent(**self.env(t, sender), to_agent_id=to, content_digest=digest))
+
+    def turn(self, t: int, output: str | None = "o", agent: str = "a1") -> list[Verdict]:
+        return self.send(
+            TurnCompleted(
+                **self.env(t, agent), model="m", input_tokens=10, output_tokens=5, output_digest=output
+            )
+        )
+
+
+def fires_at(outcomes: list[list[Verdict]]) -> list[int]:
+    return [i for i, v in enumerate(outcomes) if v]
+
+
+# RepeatedToolCall
+
+
+def test_the_fifth_identical_call_within_five_minutes_fires_and_the_fourth_does_not() -> None:
+    s = Session(RepeatedToolCall())
+    fired = [s.call(i * 10_000) for i in range(5)]
+    assert fired[:4] == [[]] * 4
+    (v,) = fired[4]
+    assert (v.detector, v.failure_class) == ("repeated_tool_call", FailureClass.RUNAWAY_EXECUTION)
+    assert (v.observed, v.threshold) == (5, 5)
+    assert v.evidence["tool_name"] == "search"
+    assert v.evidence["match"] == "same_arguments"
+    assert v.event_ids == tuple(f"e-a1-{i}" for i in range(1, 6))
+    assert v.event_ids[-1] == v.event_id == "e-a1-5"
+    assert (v.window_start_ms, v.window_end_ms) == (T0, T0 + 40_000)
+
+
+def test_identical_calls_that_fell_out_of_the_window_do_not_count() -> None:
+    s = Session(RepeatedToolCall(count=3, window_ms=10_000))
+    assert [s.call(t) for t in (0, 6_000, 12_000)] == [[], [], []]
+    (v,) = s.call(14_000)
+    assert v.event_ids == ("e-a1-2", "e-a1-3", "e-a1-4")
+    assert (v.window_start_ms, v.window_end_ms) == (T0 + 6_000, T0 + 14_000)
+
+
+def test_calls_with_different_arguments_or_tools_are_not_repeats() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    assert all(s.call(i, args=f"d{i}") == [] for i in range(20))
+    assert all(s.call(100 + i, tool=f"tool{i}", args="same") == [] for i in range(20))
+
+
+def test_reworded_calls_getting_the_same_result_fire_as_same_results() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    fired = []
+    for i in range(3):
+        s.call(i * 1_000, args=f"reworded {i}")
+        fired.append(s.result(i * 1_000 + 500, "r"))
+    assert fired[:2] == [[], []]
+    (v,) = fired[2]
+    assert v.failure_class is FailureClass.RUNAWAY_EXECUTION
+    assert (v.evidence["match"], v.evidence["tool_name"]) == ("same_results", "search")
+    assert v.event_ids == ("e-a1-2", "e-a1-4", "e-a1-6")
+    assert (v.window_start_ms, v.window_end_ms) == (T0 + 500, T0 + 2_500)
+
+
+def test_a_result_with_something_new_restarts_the_run() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    assert fires_at([s.result(i, d) for i, d in enumerate("rrqqsq")]) == []
+    assert s.result(10, "q") == []
+    (v,) = s.result(11, "q")
+    assert v.observed == 3
+
+
+def test_results_whose_fingerprints_were_all_seen_bring_nothing_new() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    assert s.result(0, "r1", prints=[1, 2, 3, 4, 5, 6]) == []
+    assert s.result(1, "r2", prints=[6, 5, 4, 3]) == []
+    assert s.result(2, "r3", prints=[1, 2, 3, 4]) != []
+    fresh = Session(RepeatedToolCall(count=3))
+    outcomes = [fresh.result(i, f"r{i}", prints=[1, 2, 3, 4, i + 10]) for i in range(10)]
+    assert fires_at(outcomes) == []
+    # Too few fingerprints to tell a repeat from chance: only the result digest decides.
+    small = Session(RepeatedToolCall(count=3))
+    assert [small.result(i, f"r{i}", prints=[1]) for i in range(5)] == [[]] * 5
+
+
+def test_error_results_do_not_count_as_repeated_results() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    assert s.result(0, "r") == []
+    assert all(s.result(i, "r", error="TimeoutError") == [] for i in range(1, 10))
+    assert s.result(10, "r") == []
+    (v,) = s.result(11, "r")
+    assert v.event_ids == ("e-a1-1", "e-a1-11", "e-a1-12")
+
+
+def test_identical_large_results_with_the_sdks_64_fingerprints_fire_as_same_results() -> None:
+    s = Session(RepeatedToolCall(count=3))
+    prints = list(range(1_000, 1_064))
+    assert fires_at([s.result(i, "r", prints=prints) for i in range(3)]) == [2]
+
+
+# CyclicPattern
+
+
+def test_search_fetch_search_fetch_fires_on_the_sixth_call_with_period_two() -> None:
+    s = Session(CyclicPattern())
+    fired = [s.call(i, tool=("search", "fetch")[i % 2]) for i in range(6)]
+    assert fires_at(fired) == [5]
+    (v,) = fired[5]
+    assert (v.detector, v.failure_class) == ("cyclic_pattern", FailureClass.RUNAWAY_EXECUTION)
+    assert (v.evidence["period"], v.evidence["repeats"]) == (2, 3)
+    assert v.event_ids == tuple(f"e-a1-{i}" for i in range(1, 7))
+
+
+def test_a_cycle_of_three_calls_fires_on_its_third_round_with_period_three() -> None:
+    s = Session(CyclicPattern())
+    fired = [s.call(i, tool="abc"[i % 3]) for i in range(9)]
+    assert fires_at(fired) == [8]
+    assert fired[8][0].evidence["period"] == 3
+
+
+def test_one_call_repeated_is_not_a_cycle() -> None:
+    s = Session(CyclicPattern())
+    assert all(s.call(i) == [] for i in range(30))
+
+
+def test_a_cycle_broken_on_its_last_call_does_not_fire() -> None:
+    s = Session(CyclicPattern())
+    assert all(s.call(i, tool=tool) == [] for i, tool in enumerate("ABABAC"))
+
+
+# AgentPingPong
+
+
+def test_two_agents_bouncing_the_same_two_messages_fire_at_the_exchange_limit() -> None:
+    s = Session(AgentPingPong(exchanges=4))
+    fired = [s.message(i, *(("a1", "a2", "x"), ("a2", "a1", "y"))[i % 2]) for i in range(6)]
+    assert fires_at(fired) == [5]
+    (v,) = fired[5]
+    assert v.evidence["agents"] == ["a1", "a2"]
+    assert (v.evidence["exchanges"], v.evidence["distinct_messages"]) == (4, 2)
+    assert v.event_ids[-1] == v.event_id
+
+
+def test_agents_saying_something_new_each_time_never_fire() -> None:
+    s = Session(AgentPingPong(exchanges=2))
+    assert all(s.message(i, *(("a1", "a2"), ("a2", "a1"))[i % 2], f"m{i}") == [] for i in range(50))
+
+
+def test_a_message_between_another_pair_restarts_the_exchange() -> None:
+    s = Session(AgentPingPong(exchanges=3))
+    pairs = [("a1", "a2", "x"), ("a2", "a1", "y")]
+    assert [s.message(i, *pairs[i % 2]) for i in range(4)] == [[]] * 4
+    assert s.message(4, "a1", "a3", "z") == []
+    assert fires_at([s.message(5 + i, *pairs[(i + 1) % 2]) for i in range(5)]) == [4]
+
+
+# NoProgress
+
+
+def test_the_same_output_three_turns_in_a_row_fires() -> None:
+    s = Session(NoProgress())
+    fired = [s.turn(i, "same") for i in range(3)]
+    assert fires_at(fired) == [2]
+    (v,) = fired[2]
+    assert (v.evidence["turns"], v.evidence["output_digest"], v.evidence["model"]) == (3, "same", "m")
+    assert v.event_ids == ("e-a1-1", "e-a1-2", "e-a1-3")
+
+
+def test_a_different_output_in_between_resets_the_count() -> None:
+    s = Session(NoProgress())
+    assert [s.turn(i, out) for i, out in enumerate("xxyxx")] == [[]] * 5
+    assert s.turn(5, "x") != []
+
+
+def test_no_progress_is_counted_per_agent() -> None:
+    s = Session(NoProgress())
+    # Three "x" turns in the session, but from two agents: neither repeated itself three times.
+    turns = [s.turn(0, "x", "a1"), s.turn(1, "x", "a2"), s.turn(2, "x", "a1"), s.turn(3, "y", "a2")]
+    assert fires_at(turns) == []
+    (v,) = s.turn(4, "x", "a1")
+    assert v.evidence["agent_id"] == "a1"
+
+
+# Monologue
+
+
+def test_turns_in_a_row_without_acting_fire_on_the_limit() -> None:
+    s = Session(Monologue(turns=4))
+    fired = [s.turn(i, f"o{i}") for i in range(4)]
+    assert fires_at(fired) == [3]
+    assert fired[3][0].evidence["turns"] == 4
+
+
+def test_a_tool_call_or_a_message_in_between_resets_the_monologue() -> None:
+    s = Session(Monologue(turns=4))
+    assert all(s.turn(i) == [] for i in range(3))
+    s.call(3)
+    assert all(s.turn(i) == [] for i in range(4, 7))
+    s.message(7, "a1", "a2", "hi")
+    assert all(s.turn(i) == [] for i in range(8, 11))
+    s.call(11, agent="a2")  # another agent acting does not stop a1's monologue
+    assert s.turn(12) != []
+
+
+# RepeatedError
+
+
+def test_one_tool_failing_the_same_way_three_times_fires() -> None:
+    s = Session(RepeatedError())
+    fired = [s.result(i, None, error="TimeoutError") for i in range(3)]
+    assert fires_at(fired) == [2]
+    (v,) = fired[2]
+    evidence = {k: v.evidence[k] for k in ("tool_name", "error_type", "failures")}
+    assert evidence == {"tool_name": "search", "error_type": "TimeoutError", "failures": 3}
+
+
+def test_a_success_or_another_error_class_breaks_the_run() -> None:
+    s = Session(RepeatedError())
+    errors = ["T", "T", None, "T", "T", "V", "T", "T"]
+    assert all(s.result(i, None if e else "r", error=e) == [] for i, e in enumerate(errors))
+    assert s.result(8, None, error="T") != []
+
+
+def test_another_tools_results_do_not_break_the_run() -> None:
+    s = Session(RepeatedError())
+    assert s.result(0, None, error="T") == []
+    assert s.result(1, "r", tool="fetch") == []
+    assert s.result(2, None, tool="fetch", error="V") == []
+    assert s.result(3, None, error="T") == []
+    assert s.result(4, None, error="T") != []
+
+
+# Every detector
+
+Step = Callable[[Session, int, int], list[Verdict]]
+LOOPS: list[tuple[Detector, int, Step]] = [
+    (RepeatedToolCall(count=3), 3, lambda s, i, t: s.call(t)),
+    (CyclicPattern(), 6, lambda s, i, t: s.call(t, tool="AB"[i % 2])),
+    (AgentPingPong(exchanges=2), 3, lambda s, i, t: s.message(t, f"a{i % 2}", f"a{1 - i % 2}", "x")),
+    (NoProgress(), 3, lambda s, i, t: s.turn(t)),
+    (Monologue(turns=3), 3, lambda s, i, t: s.turn(t, f"o{i}")),
+    (RepeatedError(), 3, lambda s, i, t: s.result(t, None, error="T")),
+]
+loops = pytest.mark.parametrize(("detector", "n", "step"), LOOPS, ids=[d.name for d, _, _ in LOOPS])
+
+
+@loops
+def test_a_detector_fires_once_per_session_however_long_the_loop(
+    detector: Detector, n: int, step: Step
+) -> None:
+    s = Session(detector)
+    assert sum(len(step(s, i, i * 100)) for i in range(10 * n)) == 1
+    assert s.state.fired == [detector.name]
+
+
+@loops
+def test_events_later_than_the_allowed_lateness_are_left_out(detector: Detector, n: int, step: Step) -> None:
+    s = Session(detector, lateness_ms=5_000)
+    assert all(step(s, i, 100_000 + i) == [] for i in range(n - 1))
+    assert step(s, n - 1, 90_000) == []  # would complete the loop, but is 10 s behind
+    assert step(s, n - 1, 100_500) != []
+
+
+@loops
+def test_replayed_events_are_dropped(detector: Detector, n: int, step: Step) -> None:
+    s = Session(detector)
+    assert all(step(s, i, i) == [] for i in range(n - 1))
+    assert s.last is not None
+    replay = s.last
+    assert all(s.suite.observe(s.state, replay).duplicate for _ in range(n))
+    assert step(s, n - 1, n) != []
+
+
+@loops
+def test_a_loop_half_seen_survives_a_checkpoint(detector: Detector, n: int, step: Step) -> None:
+    s = Session(detector)
+    assert all(step(s, i, i) == [] for i in range(n - 1))
+    restored = SessionState.from_bytes(s.state.to_bytes())
+    assert restored.slots == s.state.slots
+    s.state = restored
+    assert step(s, n - 1, n) != []
+
+
+BAD: list[tuple[Callable[..., Detector], str, int]] = [
+    (RepeatedToolCall, "count", 1),
+    (RepeatedToolCall, "window_ms", 0),
+    (CyclicPattern, "max_period", 1),
+    (CyclicPattern, "repeats", 1),
+    (AgentPingPong, "exchanges", 1),
+    (NoProgress, "repeats", 1),
+    (Monologue, "turns", 0),
+    (RepeatedError, "count", 1),
+]
+
+
+@pytest.mark.parametrize(("kind", "key", "value"), BAD)
+def test_parameters_that_cannot_mean_a_loop_are_refused(
+    kind: Callable[..., Detector], key: str, value: int
+) -> None:
+    with pytest.raises(ValueError, match=f"{key} must be at least"):
+        kind(**{key: value})
+
+
+# Properties
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 20_000), st.sampled_from("ab"), st.sampled_from("xyz")), max_size=80)
+)
+def test_repeated_tool_call_fires_only_on_a_real_repeat(steps: list[tuple[int, str, str]]) -> None:
+    count, window = 4, 60_000
+    s = Session(RepeatedToolCall(count=count, window_ms=window))
+    t, calls, verdicts = 0, list[tuple[int, str, str, str]](), list[Verdict]()
+    for gap, tool, args in steps:
+        t += gap
+        calls.append((t, tool, args, f"e-a1-{len(calls) + 1}"))
+        verdicts += s.call(t, tool, args)
+        in_a_row = calls[-count:]
+        if len(in_a_row) == count and len({c[1:3] for c in in_a_row}) == 1 and t - in_a_row[0][0] <= window:
+            assert verdicts, "count identical calls in a row within the window must have fired"
+    assert len(verdicts) <= 1
+    if verdicts:
+        named = [c for c in calls if c[3] in verdicts[0].event_ids]
+        assert len(named) >= count
+        assert len({c[1:3] for c in named}) == 1
+        assert named[-1][0] - named[0][0] <= window
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32))
+def test_any_mix_of_events_and_replays_keeps_state_small(seed: int) -> None:
+    rng = random.Random(seed)
+    s = Session(*[d() for d in LOOP_DETECTORS])
+    agents = ["a1", "a2", "a3", "b" * 120, "c" * 120, "a6"]
+    for i in range(1_000):
+        agent, t = rng.choice(agents), max(0, i * 300 + rng.randint(-9_000, 0))
+        pick = rng.randrange(5)
+        if rng.random() < 0.1 and s.last is not None:
+            s.send(s.last)  # a replay
+        elif pick == 0:
+            s.call(t, rng.choice("abc"), rng.choice("xy"), agent)
+        elif pick == 1:
+            prints = [rng.randrange(2**64) for _ in range(rng.randrange(65))] or None
+            digest, error = rng.choice(["r", "q", None]), rng.choice([None, "T"])
+            s.result(t, digest, error=error, prints=prints, agent=agent)
+        elif pick == 2:
+            s.message(t, agent, rng.choice(agents), rng.choice("xyz"))
+        else:
+            s.turn(t, rng.choice(["o", "p", None]), agent)
+        s.state.fired.clear()
+    raw = s.state.to_bytes()
+    assert len(raw) < 4_096
+    assert SessionState.from_bytes(raw).slots == s.state.slots
