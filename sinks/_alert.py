@@ -18,9 +18,9 @@ class Alert(BaseModel):
     severity: Severity
     failure_class: str
     detector: str
-    # What Tripwire did: `killed` (enforce), `warned`, `observed` (shadow), or `escalated` (a kill that no
-    # agent acknowledged in time).
-    action: Literal["killed", "warned", "observed", "escalated"]
+    # What Tripwire did: `killed` (enforce), `warned`, `observed` (shadow), `escalated` (a kill that no
+    # agent acknowledged in time), or `tripped` (a fleet-wide tool circuit opened, or closed again).
+    action: Literal["killed", "warned", "observed", "escalated", "tripped"]
     session_id: str
     tenant_id: str
     user_id: str
@@ -39,6 +39,10 @@ class Alert(BaseModel):
     @property
     def summary(self) -> str:
         """One line for a pager: what happened to which session."""
+        if self.action == "tripped":
+            tool = self.evidence.get("tool", "?")
+            head = f"[tripwire] tool {tool} circuit {self.evidence.get('circuit', 'open')}: {self.detector}"
+            return f"{head} (resolved)" if self.status == "resolved" else head
         verb = {"killed": "killed", "warned": "warning on", "observed": "observed", "escalated": "ESCALATED"}
         head = f"[tripwire] {verb[self.action]} session {self.session_id}: {self.detector}"
         return f"{head} (resolved)" if self.status == "resolved" else head

@@ -1,11 +1,14 @@
 """The Faust worker: consume `agent.events`, judge them in batches, and act on verdicts.
 
 Per batch the worker (1) judges the records with `Pipeline`, (2) writes kills to the Redis fence, (3) sends
-the signed kills, alerts and dead letters and waits for the broker to have them, (4) checkpoints every session
-state the batch changed to the table's changelog, once per session, and only then (5) lets Faust commit the
-offsets. A crash anywhere before (5) replays the batch; the replay filter in the session state and the stable
-command ids make that harmless. State is a Faust table whose values are live `SessionState` objects while the
-worker runs and changelog bytes after recovery; `_SessionStore` hides the difference.
+the signed kills, alerts, dead letters and keyed-stage records and waits for the broker to have them, (4)
+checkpoints every session state the batch changed to the table's changelog, once per session, and only then
+(5) lets Faust commit the offsets. A second agent runs the keyed stages (`streams/_stages.py`) over their
+own topic and table the same way; timers run the timed detectors, escalate unacknowledged kills and pick up
+changes to the detector config. A crash anywhere before (5) replays the batch; the replay filter in the
+session state and the stable command ids make that harmless. State is a Faust table whose values are live
+`SessionState` objects while the worker runs and changelog bytes after recovery; `_SessionStore` hides the
+difference.
 """
 
 from __future__ import annotations
@@ -13,16 +16,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents_contract import CommandSigner, Fence, encode_command
-from detectors import DetectorSuite, SessionState, ceilings, wall_clock
+from detectors import (
+    DetectorSettings,
+    DetectorSuite,
+    SessionState,
+    build_policy,
+    keyed_detectors,
+    wall_clock,
+)
 from streams import _transport as transport
-from streams._config import Settings
+from streams._config import ConfigError, Settings, load_settings
 from streams._pipeline import BatchResult, Pipeline, RawRecord
+from streams._stages import StageJudge, StageResult, encode_state
 from streams._watch import KillWatch, escalation_alert
 
 log = logging.getLogger("tripwire.worker")
@@ -31,6 +44,9 @@ EVENTS = Counter("tripwire_events_total", "Agent events judged by this worker", 
 DUPLICATES = Counter("tripwire_events_duplicate_total", "Replayed events dropped by the replay filter")
 DEAD_LETTERS = Counter("tripwire_dead_letters_total", "Records sent to the dead-letter topic")
 VERDICTS = Counter("tripwire_verdicts_total", "Detector verdicts", ["detector", "failure_class", "mode"])
+STAGE_RECORDS = Counter("tripwire_stage_records_total", "Records judged by the keyed stages")
+CIRCUITS = Counter("tripwire_tool_circuit_commands_total", "Tool circuit commands sent", ["circuit"])
+RELOADS = Counter("tripwire_config_reloads_total", "Detector config reloads", ["result"])
 KILLS = Counter("tripwire_kills_total", "Kill commands issued", ["detector"])
 ACKS = Counter("tripwire_kill_acks_total", "Kills of this worker acknowledged by their agent")
 ESCALATIONS = Counter("tripwire_kill_escalations_total", "Kills escalated because no agent acknowledged them")
@@ -86,7 +102,43 @@ class _SessionStore:
         return sent
 
 
-def build_app(settings: Settings) -> faust.App:
+class _StageStore:
+    """Keyed-stage state over its Faust table: live dicts while running, JSON bytes in the changelog."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        data = self._table.data
+        raw = key.encode()
+        value = data.get(raw)
+        if value is None or isinstance(value, dict):
+            return value
+        state: dict[str, Any] = orjson.loads(value)
+        data[raw] = state
+        return state
+
+    def checkpoint(self, dirty: dict[str, tuple[dict[str, Any], int]]) -> list[Any]:
+        data = self._table.data
+        sent = []
+        for key, (state, partition) in dirty.items():
+            raw = key.encode()
+            data[raw] = state
+            sent.append(self._table.send_changelog(partition, raw, encode_state(state)))
+        return sent
+
+
+def _suite(detectors: DetectorSettings) -> DetectorSuite:
+    return DetectorSuite(
+        build_policy(detectors), wall_clock, allowed_lateness_ms=detectors.allowed_lateness_ms
+    )
+
+
+def _stages_of(detectors: DetectorSettings) -> frozenset[str]:
+    return frozenset(str(armed.detector.stage) for armed in keyed_detectors(detectors))
+
+
+def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.App:
     conf = settings.worker
     topics = settings.topics
     transport.register()
@@ -114,16 +166,30 @@ def build_app(settings: Settings) -> faust.App:
         "key_serializer": "raw",
         "value_serializer": "raw",
     }
-    events_topic = app.topic(topics.events, partitions=topics.partitions, **raw)
+    # The judge reads the sessions' events and the keyed stages' verdicts about those sessions: both keyed
+    # by session_id with the same partition count, so Faust assigns partition p of both to one worker.
+    events_topic = app.topic(topics.events, topics.verdicts, partitions=topics.partitions, **raw)
+    stages_topic = app.topic(topics.stages, partitions=topics.partitions, **raw)
+    verdicts_topic = app.topic(topics.verdicts, partitions=topics.partitions, **raw)
     control_topic = app.topic(topics.control, partitions=topics.partitions, **raw)
     alerts_topic = app.topic(topics.alerts, partitions=topics.partitions, **raw)
     dlq_topic = app.topic(topics.dlq, partitions=topics.partitions, **raw)
     table: Any = app.Table("sessions", partitions=topics.partitions, key_type=bytes, value_type=bytes)
     table.key_serializer = table.value_serializer = "raw"
+    stage_table: Any = app.Table("stages", partitions=topics.partitions, key_type=bytes, value_type=bytes)
+    stage_table.key_serializer = stage_table.value_serializer = "raw"
 
     signer = CommandSigner(settings.signing_key)
-    pipeline = Pipeline(DetectorSuite(ceilings(settings.detectors.limits()), wall_clock), signer, wall_clock)
+    pipeline = Pipeline(
+        _suite(settings.detectors),
+        signer,
+        wall_clock,
+        stages=_stages_of(settings.detectors),
+        verdicts_topic=topics.verdicts,
+    )
+    stage_judge = StageJudge(settings.detectors, signer, wall_clock)
     store = _SessionStore(table)
+    stage_store = _StageStore(stage_table)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
 
     async def act(result: BatchResult) -> None:
@@ -144,8 +210,14 @@ def build_app(settings: Settings) -> faust.App:
             }
             sent.append(await dlq_topic.send(key=record.key, value=record.value or b"", headers=headers))
             log.warning(
-                "dead-lettered %s/%d@%d: %s", topics.events, record.partition, record.offset, letter.reason
+                "dead-lettered %s/%d@%d: %s",
+                record.topic or topics.events,
+                record.partition,
+                record.offset,
+                letter.reason,
             )
+        for stage_record in result.stage_records:
+            sent.append(await stages_topic.send(key=stage_record.routing_key, value=stage_record.to_bytes()))
         if sent:
             await asyncio.gather(*sent)
         for command in result.kills:
@@ -171,9 +243,15 @@ def build_app(settings: Settings) -> faust.App:
             EVENTS.labels(kind).inc(count)
         DUPLICATES.inc(result.duplicates)
         DEAD_LETTERS.inc(len(result.dead_letters))
-        for alert in result.alerts:
-            if alert.action == "killed":
-                VERDICTS.labels(alert.detector, alert.failure_class, "enforce").inc()
+        for verdict in result.verdicts:
+            VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()
+            if verdict.mode == "shadow":
+                log.info(
+                    "shadow verdict on session %s (%s): %s",
+                    verdict.session_id,
+                    verdict.detector,
+                    verdict.reason,
+                )
         for state, _ in result.dirty.values():
             watch.track(state)
         for ack, state in result.acks:
@@ -208,6 +286,74 @@ def build_app(settings: Settings) -> faust.App:
                 highwater = app.consumer.highwater(tp) or 0
                 LAG.labels(str(tp.partition)).set(max(0, highwater - judged.get(tp.partition, highwater)))
 
+    @app.agent(stages_topic, name="stages")
+    async def judge_stages(stream: Any) -> None:
+        async for batch in stream.take_events(conf.batch_max, within=conf.batch_within_ms / 1000):
+            result = stage_judge.judge(_records(batch), stage_store.lookup)
+            await act_on_stages(result)
+            stage_store.checkpoint(result.dirty)
+            STAGE_RECORDS.inc(result.records)
+
+    async def act_on_stages(result: StageResult) -> None:
+        sent: list[Any] = []
+        for key, value in result.verdicts:
+            sent.append(await verdicts_topic.send(key=key, value=value))
+        for command in result.commands:
+            sent.append(await control_topic.send(key=command.target.encode(), value=encode_command(command)))
+            CIRCUITS.labels(str(command.evidence.get("circuit", "open"))).inc()
+            log.warning(
+                "tool circuit %s for %s: %s", command.evidence.get("circuit"), command.target, command.reason
+            )
+        for alert in result.alerts:
+            sent.append(await alerts_topic.send(key=alert.session_id.encode(), value=alert.to_bytes()))
+        for letter in result.dead_letters:
+            log.error("dropped a stage record that does not parse (%s): %s", topics.stages, letter.reason)
+        if sent:
+            await asyncio.gather(*sent)
+        for verdict in result.given:
+            if verdict.evidence.get("scope") == "tool":
+                VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()
+
+    @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def expire_quiet_sessions() -> None:
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+        states = [s for s in store.states() if s.partition in owned and s.killed_by is None and not s.ended]
+        result = pipeline.expire(states, wall_clock())
+        if result.verdicts:
+            await act(result)
+            await asyncio.gather(*store.checkpoint(result.dirty))
+            observe(result)
+
+    config_stamp = _stamp(config_path)
+
+    @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def reload_detector_config() -> None:
+        nonlocal config_stamp
+        if config_path is None or not conf.reload_config:
+            return
+        stamp = _stamp(config_path)
+        if stamp == config_stamp:
+            return
+        config_stamp = stamp
+        try:
+            fresh = load_settings(config_path)
+        except ConfigError as exc:
+            RELOADS.labels("rejected").inc()
+            log.error(
+                "config change in %s not applied (the worker keeps the running config): %s", config_path, exc
+            )
+            return
+        if fresh.model_dump(exclude={"detectors"}) != settings.model_dump(exclude={"detectors"}):
+            log.warning(
+                "config change in %s outside `detectors` needs a restart; applying detectors only",
+                config_path,
+            )
+        pipeline.suite = _suite(fresh.detectors)
+        pipeline.stages = _stages_of(fresh.detectors)
+        stage_judge.reconfigure(fresh.detectors)
+        RELOADS.labels("applied").inc()
+        log.warning("detector config reloaded from %s", config_path)
+
     if settings.sinks.in_worker:
 
         @app.task  # type: ignore[untyped-decorator]
@@ -236,4 +382,18 @@ def build_app(settings: Settings) -> faust.App:
 
 
 def _records(batch: Iterable[Any]) -> list[RawRecord]:
-    return [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset) for e in batch]
+    return [
+        RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset, e.message.topic)
+        for e in batch
+    ]
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """What tells a changed config file: its modification time and size (None when unreadable)."""
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size

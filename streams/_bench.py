@@ -1,9 +1,10 @@
 """`make bench`: throughput through one worker and kill latency under background load.
 
-Throughput: a worker process with the step, token and cost ceilings on judges a burst of pre-encoded events
-spread over many sessions; the clock stops when a sentinel session at the end of every partition is killed,
-which proves everything before it on that partition was judged. Three rounds, median reported with the
-spread, because a 2-core machine is noisy.
+Throughput: a worker process with every detector on (budgets set high enough that healthy load trips
+none) judges a burst of pre-encoded events spread over many sessions, the keyed stages included; the
+clock stops when a sentinel session at the end of every partition is killed, which proves everything
+before it on that partition was judged. Three rounds, median reported with the spread, because a 2-core
+machine is noisy.
 
 Kill latency: while a background producer sends healthy events at a fixed rate, probe agents (real SDK
 sessions) publish one breaching turn each; the SDK times the breaching event's send to the kill's arrival.
@@ -30,11 +31,20 @@ from agents_contract import (
     TurnStarted,
     encode_event,
     parse_command,
+    parse_event,
 )
+from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy
 from streams._kafka import RecordProducer, TopicReader
 from streams._stack import LocalStack
 
-BENCH_LIMITS = {"max_steps": 1_000_000, "max_tokens": 10**12, "max_cost_usd": 1_000.0}
+_KILL_USD = 2_000.0
+# Every detector on with its defaults, except budgets no healthy bench session may reach: the sentinels and
+# probes each spend _KILL_USD at once, which only the session cost ceiling acts on.
+BENCH_DETECTORS: dict[str, Any] = {
+    "session_budget": {"max_steps": 1_000_000, "max_tokens": 10**12, "max_cost_usd": _KILL_USD / 2},
+    "tenant_daily_budget": {"max_cost_usd": 10**9},
+    "agent_budget": {"max_cost_usd": 10**9},
+}
 _ROUNDS = 3
 
 
@@ -62,17 +72,17 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
                     output_tokens=120,
                     cost_usd=0.001,
                     context_tokens=900,
-                    output_digest="ab12",
+                    output_digest=f"out-{seq}",
                 )
             case 2:
-                event = ToolCalled(**common, tool_name="search", call_id=f"c{seq}", args_digest="cd34")
+                event = ToolCalled(**common, tool_name="search", call_id=f"c{seq}", args_digest=f"args-{seq}")
             case _:
                 event = ToolReturned(
                     **common,
                     tool_name="search",
                     call_id=f"c{seq}",
                     status="ok",
-                    result_digest="ef56",
+                    result_digest=f"result-{seq}",
                     latency_ms=12.5,
                 )
         out.append(encode_event(event))
@@ -92,7 +102,7 @@ def _sentinel(session_id: str) -> bytes:
             model="m",
             input_tokens=1,
             output_tokens=1,
-            cost_usd=BENCH_LIMITS["max_cost_usd"] * 2,
+            cost_usd=_KILL_USD,
         )
     )
 
@@ -153,11 +163,22 @@ async def _kill_latencies(stack: LocalStack, kills: int) -> list[float]:
             )
             async with session:
                 async with session.turn("m") as turn:
-                    turn.record(input_tokens=1, output_tokens=1, cost_usd=BENCH_LIMITS["max_cost_usd"] * 2)
+                    turn.record(input_tokens=1, output_tokens=1, cost_usd=_KILL_USD)
                 await asyncio.wait_for(session.wait_killed(), 30)
                 if session.kill_latency_ms is not None:
                     latencies.append(session.kill_latency_ms)
     return latencies
+
+
+def _state_bytes(events: int) -> int:
+    """The changelog record of one bench session after `events` events through every detector: what the
+    worker keeps per active session (in memory as objects, a small multiple of this)."""
+    settings = DetectorSettings.model_validate(BENCH_DETECTORS)
+    suite = DetectorSuite(build_policy(settings), clock=lambda: 1_700_000_000_000)
+    state = SessionState("load-000000-0")
+    for raw in _session_events(state.session_id, 1, events):
+        suite.observe(state, parse_event(raw))
+    return len(state.to_bytes())
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -172,7 +193,7 @@ async def _bench(
     async with LocalStack(
         bootstrap=bootstrap,
         redis_url=redis_url,
-        detectors=BENCH_LIMITS,
+        detectors=BENCH_DETECTORS,
         partitions=partitions,
         private_topics=True,
     ) as stack:
@@ -194,6 +215,7 @@ async def _bench(
     return {
         "broker": broker,
         "cpus": os.cpu_count(),
+        "state_bytes_per_session": {str(n): _state_bytes(n) for n in (10, 100, 1_000)},
         "throughput": {
             "events_per_round": events,
             "rounds_events_per_s": [round(x) for x in rates],
@@ -225,11 +247,13 @@ def run_bench(
     report = asyncio.run(_bench(bootstrap, redis_url, events, kills, background_rate))
     if json_output:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
-        return 0
+        sizes = ", ".join(f"{b:,} B after {n} events" for n, b in report["state_bytes_per_session"].items())
+    print(f"session state (changelog record): {sizes}")
+    return 0
     t, k = report["throughput"], report["kill_latency_ms"]
     print(f"broker: {report['broker']}, {report['cpus']} CPUs")
     print(
-        f"throughput (one worker, ceilings on): median {t['median_events_per_s']:,} events/s over "
+        f"throughput (one worker, every detector on): median {t['median_events_per_s']:,} events/s over "
         f"{len(t['rounds_events_per_s'])} rounds of {t['events_per_round']:,} {t['rounds_events_per_s']}, "
         f"max/min {t['spread_max_over_min']}"
     )
@@ -238,4 +262,6 @@ def run_bench(
         f"{k['background_events_per_s']:,} ev/s background: "
         f"p50 {k['p50']} ms, p90 {k['p90']} ms, p99 {k['p99']} ms, max {k['max']} ms"
     )
+    sizes = ", ".join(f"{b:,} B after {n} events" for n, b in report["state_bytes_per_session"].items())
+    print(f"session state (changelog record): {sizes}")
     return 0

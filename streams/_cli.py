@@ -9,6 +9,7 @@ tripwire kill SESSION --reason TEXT [--config FILE]         kill a session by ha
 tripwire incidents list [--json] | show ID [--markdown]     incidents from the alert log
 tripwire release SESSION [--config FILE]                    clear a session's fence
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
+tripwire replay FILE.jsonl [--config FILE] [--json]         the detectors over recorded events, offline
 tripwire schema                                             the wire contract as JSON Schema
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
 """
@@ -65,6 +66,18 @@ def _parser() -> argparse.ArgumentParser:
     t = tsub.add_parser("create", help="create every Tripwire topic that does not exist")
     t.add_argument("--config", type=Path)
     t.set_defaults(run=_topics_create)
+
+    p = sub.add_parser("replay", help="run the detectors over recorded events (one JSON event per line)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--config", type=Path, help="a worker config file; only its `detectors` section is read")
+    p.add_argument("--json", action="store_true", help="one JSON verdict per line, then a summary line")
+    p.add_argument(
+        "--horizon-s",
+        type=float,
+        default=0.0,
+        help="let the clock run this long past the last event, so quiet sessions meet their timers",
+    )
+    p.set_defaults(run=_replay)
 
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--config", type=Path)
@@ -142,7 +155,20 @@ def _config_check(args: argparse.Namespace) -> int:
         f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: "
         f"{t.partitions} partitions, replication {t.replication}"
     )
-    print(f"  ceilings: steps {d.max_steps}, tokens {d.max_tokens}, cost USD {d.max_cost_usd}")
+    b = d.session_budget
+    print(
+        f"  session budget ({b.mode}): steps {b.max_steps}, tokens {b.max_tokens}, cost USD {b.max_cost_usd}"
+    )
+    sections = [
+        name for name in type(d).model_fields if name not in ("allowed_lateness_ms", "tenants", "agents")
+    ]
+    modes = {name: getattr(d, name).mode for name in sections if getattr(d, name).enabled}
+    off = [name for name in sections if not getattr(d, name).enabled]
+    print("  detectors: " + ", ".join(f"{name} ({mode})" for name, mode in modes.items()))
+    if off:
+        print("  switched off: " + ", ".join(off))
+    if d.tenants or d.agents:
+        print(f"  overrides: tenants {sorted(d.tenants)}, agents {sorted(d.agents)}")
     return 0
 
 
@@ -182,7 +208,7 @@ async def _create(settings: Settings) -> list:  # type: ignore[type-arg]
 def _worker(args: argparse.Namespace) -> int:
     from streams._worker import run_worker
 
-    return run_worker(load_settings(args.config))
+    return run_worker(load_settings(args.config), config_path=args.config)
 
 
 def _sinks(args: argparse.Namespace) -> int:
@@ -284,6 +310,15 @@ def _tail(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     asyncio.run(run())
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from streams._replay import detector_settings, read_lines, render, replay_lines
+
+    settings = detector_settings(args.config)
+    report = replay_lines(read_lines(args.file), settings, horizon_ms=int(args.horizon_s * 1000))
+    print(render(report, json_output=args.json))
     return 0
 
 

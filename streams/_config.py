@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agents_contract._commands import MIN_KEY_BYTES
-from detectors import CeilingLimits
+from detectors import DetectorSettings, KeyProblems
 from sinks import SinksSettings
 
 
@@ -47,6 +47,10 @@ class TopicSettings(_Section):
     control: str = "agent.control"
     alerts: str = "guardrail.alerts"
     alerts_dlq: str = "guardrail.alerts.dlq"
+    # Internal: records for the stages keyed by tenant, agent, tool and content, and the verdicts those
+    # stages send back to the session's worker.
+    stages: str = "tripwire.stages"
+    verdicts: str = "tripwire.verdicts"
     partitions: Annotated[int, Field(ge=1, le=10_000)] = 8
     replication: Annotated[int, Field(ge=1, le=10)] = 1
     events_retention_ms: Annotated[int, Field(ge=60_000)] = 7 * 24 * 3600 * 1000
@@ -54,17 +58,7 @@ class TopicSettings(_Section):
     dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
     alerts_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
     alerts_dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
-
-
-class DetectorSettings(_Section):
-    max_steps: Annotated[int, Field(ge=1)] | None = 50
-    max_tokens: Annotated[int, Field(ge=1)] | None = 500_000
-    max_cost_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = 10.0
-
-    def limits(self) -> CeilingLimits:
-        return CeilingLimits(
-            max_steps=self.max_steps, max_tokens=self.max_tokens, max_cost_usd=self.max_cost_usd
-        )
+    stages_retention_ms: Annotated[int, Field(ge=60_000)] = 24 * 3600 * 1000
 
 
 class WorkerSettings(_Section):
@@ -76,6 +70,10 @@ class WorkerSettings(_Section):
     fetch_max_wait_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
     # A kill that no agent acknowledges within this time is escalated as its own critical alert.
     kill_ack_timeout_s: Annotated[float, Field(ge=0.5, le=86_400)] = 15.0
+    # How often timed detectors (deadlines, stalls) look at quiet sessions, and the config file for changes.
+    timer_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    # Re-read the config file while running and apply changes to `detectors` without a restart.
+    reload_config: bool = True
     # Prometheus metrics over HTTP on this port (null: no endpoint).
     metrics_port: Annotated[int, Field(ge=1, le=65_535)] | None = 9464
     metrics_host: str = "0.0.0.0"
@@ -164,6 +162,8 @@ def explain(exc: ValidationError, *, source: str) -> str:
             lines.append(
                 f"  {key}: required, not set (in the file or TRIPWIRE_{key.upper().replace('.', '__')})"
             )
+        elif isinstance(problems := (err.get("ctx") or {}).get("error"), KeyProblems):
+            lines.extend(f"  {key}.{problem}" for problem in problems.problems)
         elif err["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key (value {shown}); check the spelling against the README")
         else:

@@ -46,7 +46,7 @@ class Incident:
     def status(self) -> str:
         escalations = [a for a in self.alerts if a.action == "escalated"]
         if not escalations:
-            return "killed"
+            return self.kill.action
         return (
             "escalation resolved" if escalations[-1].status == "resolved" else "escalated: agent did not ack"
         )
@@ -132,7 +132,11 @@ def render_markdown(incident: Incident, timeline: list[AgentEvent], *, rows: int
         "",
     ]
     for alert in incident.alerts:
-        what = {"killed": "fenced the session in Redis and sent a signed kill", "escalated": "escalated"}
+        what = {
+            "killed": "fenced the session in Redis and sent a signed kill",
+            "escalated": "escalated",
+            "tripped": "sent every agent a signed tool-scope command",
+        }
         verb = what.get(alert.action, alert.action)
         state = " (resolved)" if alert.status == "resolved" else ""
         lines.append(f"- {_utc(alert.detected_at_ms)}: {verb}{state}: {alert.reason}")

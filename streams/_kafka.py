@@ -53,6 +53,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.control, t.partitions, t.replication, t.control_retention_ms),
         TopicSpec(t.alerts, t.partitions, t.replication, t.alerts_retention_ms),
         TopicSpec(t.alerts_dlq, t.partitions, t.replication, t.alerts_dlq_retention_ms),
+        TopicSpec(t.stages, t.partitions, t.replication, t.stages_retention_ms),
+        TopicSpec(t.verdicts, t.partitions, t.replication, t.events_retention_ms),
     ]
 
 

@@ -1,17 +1,24 @@
 """The worker's judging step for one batch of raw records, apart from Faust and every broker.
 
 `Pipeline.judge` turns raw `agent.events` records into what the worker must write: dead letters for records
-that break the contract, signed kill commands and alert records for verdicts, and the session states that
-changed (to checkpoint once per batch, not once per event). Detection itself is `detectors.DetectorSuite`;
-this module only parses, looks up state and turns verdicts into commands.
+that break the contract, signed kill commands and alert records for verdicts, the records that feed the
+stages keyed by tenant, agent, tool and content, and the session states that changed (to checkpoint once
+per batch, not once per event). Verdicts of those keyed stages come back on the verdicts topic, keyed by
+session, and are applied here like any other, so every kill of a session goes through one path and one
+acknowledgement watch. Detection itself is `detectors.DetectorSuite`; this module only parses, looks up
+state and turns verdicts into commands and alerts according to each verdict's mode.
+`tripwire replay` runs this same class over a file.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
+
+import orjson
 
 from agents_contract import (
     CommandSigner,
@@ -21,7 +28,7 @@ from agents_contract import (
     kill_command_id,
     parse_event,
 )
-from detectors import Clock, DetectorSuite, SessionState, Verdict
+from detectors import Clock, DetectorSuite, SessionState, StageRecord, Verdict, stage_records
 from sinks import Alert
 from streams._watch import escalation_resolved
 
@@ -31,6 +38,7 @@ class RawRecord(NamedTuple):
     value: bytes | None
     partition: int
     offset: int
+    topic: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,10 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     # session_id -> (state, the partition its changelog record goes to)
     dirty: dict[str, tuple[SessionState, int]] = field(default_factory=dict)
+    # Every verdict given, whatever its mode (for metrics and logs).
+    verdicts: list[Verdict] = field(default_factory=list)
+    # What the keyed stages get from this batch.
+    stage_records: list[StageRecord] = field(default_factory=list)
     events: int = 0
     duplicates: int = 0
     # Events judged, by kind (for metrics).
@@ -57,18 +69,44 @@ class BatchResult:
 StateLookup = Callable[[str], SessionState | None]
 
 
+def warning_alert_id(session_id: str, detector: str) -> str:
+    digest = hashlib.sha256(f"{session_id}\x00{detector}\x00warn".encode()).hexdigest()
+    return f"warn-{digest[:32]}"
+
+
+def encode_verdict(verdict: Verdict, *, tenant_id: str, user_id: str, agent_id: str) -> bytes:
+    return orjson.dumps(
+        {**verdict.describe(), "tenant_id": tenant_id, "user_id": user_id, "agent_id": agent_id}
+    )
+
+
 class Pipeline:
-    def __init__(self, suite: DetectorSuite, signer: CommandSigner, clock: Clock) -> None:
-        self._suite = suite
+    def __init__(
+        self,
+        suite: DetectorSuite,
+        signer: CommandSigner,
+        clock: Clock,
+        *,
+        stages: frozenset[str] = frozenset(),
+        verdicts_topic: str = "",
+    ) -> None:
+        # Replaced whole when the detector config is reloaded; a batch uses the suite it started with.
+        self.suite = suite
         self._signer = signer
         self._clock = clock
+        self.stages = stages
+        self._verdicts_topic = verdicts_topic
 
     def judge(self, records: Iterable[RawRecord], lookup: StateLookup) -> BatchResult:
         result = BatchResult()
         dirty = result.dirty
+        suite = self.suite
         for record in records:
             if record.value is None:
                 result.dead_letters.append(DeadLetter(record, "record has no value (tombstone)"))
+                continue
+            if record.topic and record.topic == self._verdicts_topic:
+                self._stage_verdict(record, lookup, result)
                 continue
             try:
                 event = parse_event(record.value)
@@ -87,23 +125,65 @@ class Pipeline:
             sid = event.session_id
             entry = dirty.get(sid)
             state = entry[0] if entry is not None else (lookup(sid) or SessionState(sid))
-            observation = self._suite.observe(state, event)
+            observation = suite.observe(state, event)
             if observation.duplicate:
                 result.duplicates += 1
                 continue
             state.partition = record.partition
             dirty[sid] = (state, record.partition)
+            if self.stages:
+                result.stage_records.extend(stage_records(event, self.stages))
             if isinstance(event, ControlAck):
                 self._settle(state, event, result)
             for verdict in observation.verdicts:
-                if state.killed_by is not None:
-                    break
-                state.killed_by = verdict.detector
-                command = self._kill(verdict)
-                state.kill_issued_ms = command.issued_at_ms
-                result.kills.append(command)
-                result.alerts.append(self._alert(verdict, state, event.agent_id, command))
+                self._act(verdict, state, event.agent_id, result)
         return result
+
+    def expire(self, states: Iterable[SessionState], now_ms: int) -> BatchResult:
+        """Verdicts of the timed detectors (deadlines, stalls) for sessions that may have gone quiet."""
+        result = BatchResult()
+        for state in states:
+            verdicts = self.suite.expire(state, now_ms)
+            if verdicts:
+                result.dirty[state.session_id] = (state, state.partition)
+                for verdict in verdicts:
+                    self._act(verdict, state, "", result)
+        return result
+
+    def _stage_verdict(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
+        try:
+            data = orjson.loads(record.value or b"")
+            verdict = Verdict.from_description(data)
+            agent_id = str(data.get("agent_id", ""))
+            tenant_id, user_id = str(data.get("tenant_id", "")), str(data.get("user_id", ""))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            result.dead_letters.append(DeadLetter(record, f"not a stage verdict: {exc}"))
+            return
+        sid = verdict.session_id
+        entry = result.dirty.get(sid)
+        state = entry[0] if entry is not None else lookup(sid)
+        if state is None:
+            # The stage saw the session's event, so its state exists unless it expired since: judge anyway.
+            state = SessionState(sid, tenant_id=tenant_id, user_id=user_id, partition=record.partition)
+        if state.killed_by is not None or verdict.detector in state.fired:
+            return
+        state.fired.append(verdict.detector)
+        result.dirty[sid] = (state, record.partition)
+        self._act(verdict, state, agent_id, result)
+
+    def _act(self, verdict: Verdict, state: SessionState, agent_id: str, result: BatchResult) -> None:
+        """Do what the verdict's mode says: kill and alert, alert, or only count it."""
+        if state.killed_by is not None:
+            return
+        result.verdicts.append(verdict)
+        if verdict.kills:
+            state.killed_by = verdict.detector
+            command = self._kill(verdict)
+            state.kill_issued_ms = command.issued_at_ms
+            result.kills.append(command)
+            result.alerts.append(self._alert(verdict, state, agent_id, command.issued_at_ms, command))
+        elif verdict.mode != "shadow":
+            result.alerts.append(self._alert(verdict, state, agent_id, self._clock(), None))
 
     def _settle(self, state: SessionState, ack: ControlAck, result: BatchResult) -> None:
         """Note the first acknowledgement of this worker's kill; acks of other commands (a manual kill,
@@ -131,18 +211,27 @@ class Pipeline:
                 **verdict.evidence,
             },
             issued_at_ms=self._clock(),
-            breach_event_id=verdict.event_id,
-            breach_seq=verdict.seq,
+            breach_event_id=verdict.event_id or None,
+            breach_seq=verdict.seq if verdict.seq >= 0 else None,
         )
         return self._signer.sign(command)
 
-    def _alert(self, verdict: Verdict, state: SessionState, agent_id: str, command: KillCommand) -> Alert:
+    def _alert(
+        self,
+        verdict: Verdict,
+        state: SessionState,
+        agent_id: str,
+        detected_at_ms: int,
+        command: KillCommand | None,
+    ) -> Alert:
         return Alert(
-            alert_id=command.command_id,
-            severity="critical",
+            alert_id=command.command_id
+            if command is not None
+            else warning_alert_id(verdict.session_id, verdict.detector),
+            severity="critical" if command is not None else "warning",
             failure_class=verdict.failure_class.value,
             detector=verdict.detector,
-            action="killed",
+            action="killed" if command is not None else "warned",
             session_id=verdict.session_id,
             tenant_id=state.tenant_id,
             user_id=state.user_id,
@@ -152,7 +241,13 @@ class Pipeline:
             threshold=verdict.threshold,
             event_id=verdict.event_id,
             event_time_ms=verdict.event_time_ms,
-            detected_at_ms=command.issued_at_ms,
-            command_id=command.command_id,
-            evidence=verdict.evidence,
+            detected_at_ms=detected_at_ms,
+            command_id=command.command_id if command is not None else None,
+            evidence={
+                **verdict.evidence,
+                "mode": verdict.mode,
+                "event_ids": list(verdict.event_ids),
+                "window_start_ms": verdict.window_start_ms,
+                "window_end_ms": verdict.window_end_ms,
+            },
         )

@@ -14,11 +14,22 @@ from pathlib import Path
 from typing import Any, Self
 
 from agents_contract import AgentGuard
-from detectors import wall_clock
+from detectors import DetectorSettings, wall_clock
 from streams._config import load_settings
 from streams._embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from streams._kafka import consumer_lag, ensure_topics, topic_specs, wait_for_broker
 from streams._process import WorkerProcess, write_config
+
+
+def budget_only(**limits: Any) -> dict[str, Any]:
+    """A `detectors` section with only the session budget on (the limits given; the others off)."""
+    sections = [
+        name
+        for name in DetectorSettings.model_fields
+        if name not in ("allowed_lateness_ms", "session_budget", "tenants", "agents")
+    ]
+    budget = {"max_steps": None, "max_tokens": None, "max_cost_usd": None, **limits}
+    return {"session_budget": budget, **{name: {"enabled": False} for name in sections}}
 
 
 class LocalStack:
@@ -57,6 +68,8 @@ class LocalStack:
             "control": f"{prefix}agent.control",
             "alerts": f"{prefix}guardrail.alerts",
             "alerts_dlq": f"{prefix}guardrail.alerts.dlq",
+            "stages": f"{prefix}tripwire.stages",
+            "verdicts": f"{prefix}tripwire.verdicts",
         }
 
     @property

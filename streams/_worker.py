@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import faust
 from prometheus_client import start_http_server
@@ -26,13 +27,13 @@ def serve_metrics(settings: Settings, *, port: int | None = None, key: str = "wo
     logging.getLogger("tripwire.worker").info("metrics on http://%s:%d/metrics", host, port)
 
 
-def run_worker(settings: Settings) -> int:
+def run_worker(settings: Settings, *, config_path: Path | None = None) -> int:
     level = settings.worker.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(prepare(settings))
     serve_metrics(settings)
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = build_app(settings)
+    app = build_app(settings, config_path=config_path)
     worker = faust.Worker(app, loglevel=level, quiet=True, override_logging=False)
     worker.execute_from_commandline()
     return 0

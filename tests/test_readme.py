@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams._stack import LocalStack
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -31,7 +31,7 @@ async def test_the_readme_agent_is_stopped_by_its_step_ceiling(broker: Broker, r
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_steps": 20, "max_tokens": None, "max_cost_usd": None},
+        detectors=budget_only(max_steps=20),
     ) as stack:
         # The example loops until killed: a broken kill path fails here instead of hanging.
         async with asyncio.timeout(60):

@@ -24,7 +24,7 @@ from agents_contract import (
 )
 from detectors import SessionState
 from streams import RecordProducer, TopicReader
-from streams._stack import LocalStack
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ async def stack(broker: Broker, redis_url: str, request: pytest.FixtureRequest) 
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_tokens": None, "max_cost_usd": None, **limits},
+        detectors=budget_only(**limits),
         private_topics=True,
     ) as s:
         yield s

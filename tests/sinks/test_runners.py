@@ -20,7 +20,7 @@ from agents_contract import GuardedSession, SessionKilled
 from streams import RecordProducer, TopicReader, load_settings
 from streams._kafka import consumer_lag
 from streams._sinks import run_sinks, sink_group
-from streams._stack import LocalStack
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.sinks.conftest import make_alert
 from tests.sinks.receivers import Receivers
@@ -72,7 +72,7 @@ async def test_a_kill_pages_every_sink_from_inside_the_worker(
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_steps": 5, "max_tokens": None, "max_cost_usd": None},
+        detectors=budget_only(max_steps=5),
         sinks={"in_worker": True, "targets": targets(receivers, "e2e"), "delivery": FAST},
         private_topics=True,
     ) as stack:

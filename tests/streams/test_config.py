@@ -14,12 +14,16 @@ KEY = "0123456789abcdef0123456789abcdef"
 
 def test_yaml_file_with_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "tripwire.yaml"
-    path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\ntopics:\n  partitions: 3\n")
+    path.write_text(
+        f"signing_key: {KEY}\ndetectors:\n  session_budget:\n    max_steps: 12\ntopics:\n  partitions: 3\n"
+    )
     monkeypatch.setenv("TRIPWIRE_KAFKA__BOOTSTRAP", "kafka-1:9092,kafka-2:9092")
-    monkeypatch.setenv("TRIPWIRE_DETECTORS__MAX_COST_USD", "2.5")
+    monkeypatch.setenv("TRIPWIRE_DETECTORS__SESSION_BUDGET__MAX_COST_USD", "2.5")
+    monkeypatch.setenv("TRIPWIRE_DETECTORS__MONOLOGUE__MODE", "shadow")
     settings = load_settings(path)
-    assert settings.detectors.max_steps == 12
-    assert settings.detectors.max_cost_usd == 2.5
+    assert settings.detectors.session_budget.max_steps == 12
+    assert settings.detectors.session_budget.max_cost_usd == 2.5
+    assert settings.detectors.monologue.mode == "shadow"
     assert settings.topics.partitions == 3
     assert settings.kafka.bootstrap == "kafka-1:9092,kafka-2:9092"
     assert KEY not in repr(settings)
@@ -27,14 +31,36 @@ def test_yaml_file_with_environment_overrides(tmp_path: Path, monkeypatch: pytes
 
 def test_toml_file(tmp_path: Path) -> None:
     path = tmp_path / "tripwire.toml"
-    path.write_text(f'signing_key = "{KEY}"\n[detectors]\nmax_tokens = 1000\n')
-    assert load_settings(path).detectors.max_tokens == 1000
+    path.write_text(f'signing_key = "{KEY}"\n[detectors.session_budget]\nmax_tokens = 1000\n')
+    assert load_settings(path).detectors.session_budget.max_tokens == 1000
+
+
+def test_budget_keys_as_the_first_release_spelled_them_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "tripwire.yaml"
+    path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\n  max_cost_usd: null\n")
+    budget = load_settings(path).detectors.session_budget
+    assert (budget.max_steps, budget.max_tokens, budget.max_cost_usd) == (12, 500_000, None)
+    path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\n  session_budget: {{max_steps: 9}}\n")
+    with pytest.raises(ConfigError, match=r"detectors\.max_steps: given twice"):
+        load_settings(path)
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("detectors:\n  max_steps: 0\n", "detectors.max_steps: 0 is not allowed"),
+        (
+            "detectors:\n  session_budget:\n    max_steps: 0\n",
+            "detectors.session_budget.max_steps: 0 is not allowed",
+        ),
+        ("detectors:\n  max_steps: 0\n", "detectors.session_budget.max_steps: 0 is not allowed"),
+        (
+            "detectors:\n  cyclic_pattern:\n    mode: loud\n",
+            "detectors.cyclic_pattern.mode: 'loud' is not allowed",
+        ),
+        (
+            "detectors:\n  tenants:\n    acme:\n      error_burst: {count: 1}\n",
+            "detectors.tenants.acme.error_burst.count: 1 is not allowed",
+        ),
         ("detectors:\n  max_stepz: 5\n", "detectors.max_stepz: unknown key"),
         ("topics:\n  partitions: many\n", "topics.partitions: 'many' is not allowed"),
         ("redis:\n  url: localhost:6379\n", "redis.url: 'localhost:6379' is not allowed"),

@@ -8,6 +8,7 @@ import sys
 import orjson
 import pytest
 
+from detectors import DetectorSettings, session_detectors
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -24,7 +25,8 @@ def test_demo_json_kills_every_runaway_and_no_healthy_agent(broker: Broker, redi
     assert report["false_kills"] == 0
     scenarios = {s["name"]: s for s in report["scenarios"]}
     expected = {
-        "runaway-tool-loop": "max_steps",
+        "runaway-tool-loop": "repeated_tool_call",
+        "paging-forever": "max_steps",
         "over-budget": "max_cost_usd",
         "context-flood": "max_tokens",
     }
@@ -34,13 +36,25 @@ def test_demo_json_kills_every_runaway_and_no_healthy_agent(broker: Broker, redi
         assert s["kill_latency_ms"] > 0
         assert s["steps_after_breach"] >= 0
     healthy = [s for s in scenarios.values() if s["expected"] == "none"]
-    assert len(healthy) >= 3
+    assert len(healthy) >= 7
     assert not any(s["killed"] for s in healthy)
-    assert set(scenarios[next(iter(scenarios))]) == {
-        "name",
-        "expected",
-        "killed",
-        "detector",
-        "steps_after_breach",
-        "kill_latency_ms",
+    assert report["false_alerts"] == 0
+    # Every detector the worker runs fired on the scenario written for it, as a kill or (for the ones whose
+    # default mode warns) an alert.
+    every = set(session_detector_names()) | {
+        "tenant_daily_budget",
+        "agent_budget",
+        "tool_circuit",
+        "memory_leak",
+        "memory_namespace_leak",
     }
+    assert every <= set(report["detectors_covered"]), every - set(report["detectors_covered"])
+    for s in scenarios.values():
+        if s["expected"] == "kill":
+            assert s["killed"], s
+        if s["expected"] != "none":
+            assert s["detector"], s
+
+
+def session_detector_names() -> list[str]:
+    return [armed.detector.name for armed in session_detectors(DetectorSettings())]

@@ -11,7 +11,7 @@ import pytest
 from agents_contract import GuardedSession, SessionKilled
 from streams import load_settings
 from streams._incidents import group_incidents, read_incidents, render_markdown, session_timeline
-from streams._stack import LocalStack
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.sinks.conftest import make_alert
 
@@ -39,7 +39,7 @@ async def test_a_real_kill_reads_as_an_incident_with_timeline_and_acknowledgemen
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_steps": 6, "max_tokens": None, "max_cost_usd": None},
+        detectors=budget_only(max_steps=6),
         private_topics=True,
     ) as stack:
 

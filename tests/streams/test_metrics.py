@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents_contract import ToolCalled, encode_event
 from streams import RecordProducer, TopicReader
-from streams._demo import DEMO_LIMITS, SCENARIOS, run_scenario
-from streams._stack import LocalStack
+from streams._demo import DEMO_DETECTORS, SCENARIOS, run_scenario
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) ->
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors=DEMO_LIMITS,
+        detectors=DEMO_DETECTORS,
         private_topics=True,
     ) as stack:
         before = await scrape(stack)
@@ -71,18 +71,22 @@ async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) ->
         async def all_acknowledged() -> Samples | None:
             samples = await scrape(stack)
             lag_reported = any(name == "tripwire_consumer_lag" for name, _ in samples)  # by a 1 s timer
-            return samples if value(samples, "tripwire_kill_acks_total") >= 3 and lag_reported else None
+            return samples if value(samples, "tripwire_kill_acks_total") >= 4 and lag_reported else None
 
-        after = await wait_for("three acknowledged kills and the lag gauge", all_acknowledged)
-    for detector in ("max_steps", "max_cost_usd", "max_tokens"):
+        after = await wait_for("four acknowledged kills and the lag gauge", all_acknowledged)
+    for detector in ("repeated_tool_call", "max_steps", "max_cost_usd", "max_tokens"):
         assert value(after, "tripwire_kills_total", detector=detector) == 1
         assert value(after, "tripwire_verdicts_total", detector=detector, failure_class="runaway_execution",
                      mode="enforce") == 1  # fmt: skip
     assert value(after, "tripwire_events_total", kind="tool.called") > 40
     assert value(after, "tripwire_events_total", kind="turn.completed") > 10
-    assert value(after, "tripwire_events_total", kind="control.ack") == 3
-    assert value(after, "tripwire_kill_latency_seconds_count") == 3
-    assert value(after, "tripwire_kill_ack_latency_seconds_count") == 3
+    # The burn rate warns before the cost ceiling kills: a verdict in warn mode, no kill.
+    assert value(after, "tripwire_verdicts_total", detector="burn_rate", failure_class="runaway_execution",
+                 mode="warn") == 1  # fmt: skip
+    assert value(after, "tripwire_kills_total", detector="burn_rate") == 0
+    assert value(after, "tripwire_events_total", kind="control.ack") == 4
+    assert value(after, "tripwire_kill_latency_seconds_count") == 4
+    assert value(after, "tripwire_kill_ack_latency_seconds_count") == 4
     assert value(after, "tripwire_kills_unacknowledged") == 0
 
 
@@ -93,7 +97,7 @@ async def test_a_kill_nobody_acknowledges_is_escalated_once_across_restarts(
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_steps": 2, "max_tokens": None, "max_cost_usd": None},
+        detectors=budget_only(max_steps=2),
         worker={"kill_ack_timeout_s": 4},
         private_topics=True,
     ) as stack:

@@ -14,7 +14,7 @@ import pytest
 from agents_contract import SessionKilled
 from streams import RecordProducer, Settings, load_settings
 from streams._operator import manual_kill, release, tail
-from streams._stack import LocalStack
+from streams._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
         bootstrap=broker.bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
-        detectors={"max_steps": 1000, "max_tokens": None, "max_cost_usd": None},
+        detectors=budget_only(max_steps=1000),
         private_topics=True,
     ) as s:
         yield s

@@ -5,8 +5,18 @@ from __future__ import annotations
 import orjson
 
 from agents_contract import CommandSigner, ControlAck, encode_event
-from detectors import CeilingLimits, DetectorSuite, SessionState, ceilings
+from detectors import (
+    Armed,
+    CeilingLimits,
+    DetectorSuite,
+    FailureClass,
+    SessionState,
+    StepCeiling,
+    Verdict,
+    ceilings,
+)
 from streams import Pipeline, RawRecord
+from streams._pipeline import encode_verdict
 from tests.detectors.test_ceilings import _envelope, tool_call
 
 SIGNER = CommandSigner("p" * 32)
@@ -109,3 +119,58 @@ def test_a_late_acknowledgement_resolves_the_escalation_page() -> None:
     (resolution,) = late.alerts
     assert (resolution.alert_id, resolution.status) == (f"{kill.command_id}-unacknowledged", "resolved")
     assert resolution.observed == 31.0  # seconds from the kill (t=9 s) to the acknowledgement (t=40 s)
+
+
+def moded(mode: str) -> Pipeline:
+    suite = DetectorSuite([Armed(StepCeiling(2), mode)], clock=lambda: 9_000)  # type: ignore[arg-type]
+    return Pipeline(suite, SIGNER, clock=lambda: 9_000)
+
+
+def test_warn_mode_alerts_once_and_never_kills() -> None:
+    states: dict[str, SessionState] = {}
+    p = moded("warn")
+    result = p.judge(events(1, 2, 3, 4, 5), states.get)
+    assert result.kills == []
+    (alert,) = result.alerts
+    assert (alert.action, alert.severity, alert.command_id) == ("warned", "warning", None)
+    assert alert.evidence["mode"] == "warn"
+    assert alert.evidence["event_ids"][-1] == "e-a1-3"
+    (verdict,) = result.verdicts
+    assert verdict.mode == "warn"
+    states.update({sid: st for sid, (st, _) in result.dirty.items()})
+    assert p.judge(events(6, 7), states.get).alerts == []
+
+
+def test_shadow_mode_only_counts_the_verdict() -> None:
+    result = moded("shadow").judge(events(1, 2, 3, 4), {}.get)
+    assert (result.kills, result.alerts) == ([], [])
+    assert [v.mode for v in result.verdicts] == ["shadow"]
+
+
+def test_a_stage_verdict_on_the_verdicts_topic_kills_through_the_same_path() -> None:
+    suite = DetectorSuite([], clock=lambda: 9_000)
+    p = Pipeline(suite, SIGNER, clock=lambda: 9_000, verdicts_topic="v")
+    states: dict[str, SessionState] = {}
+    states.update({sid: st for sid, (st, _) in p.judge(events(1), states.get).dirty.items()})
+    verdict = Verdict(
+        detector="memory_leak",
+        failure_class=FailureClass.MEMORY_CORRUPTION,
+        session_id="s-1",
+        reason="content of another user surfaced",
+        observed=1,
+        threshold=0,
+        event_id="e-a1-1",
+        seq=1,
+        event_time_ms=1_001,
+        evidence={"owner_session": "s-0"},
+    )
+    value = encode_verdict(verdict, tenant_id="acme", user_id="u-1", agent_id="a1")
+    result = p.judge([RawRecord(b"s-1", value, 0, 0, "v"), RawRecord(b"s-1", value, 0, 1, "v")], states.get)
+    (kill,) = result.kills
+    assert (kill.target, kill.detector, kill.evidence["owner_session"]) == ("s-1", "memory_leak", "s-0")
+    assert SIGNER.verify(kill)
+    (alert,) = result.alerts
+    assert (alert.action, alert.failure_class) == ("killed", "memory_corruption")
+    bad = p.judge([RawRecord(b"s-1", b'{"detector": 1}', 0, 2, "v")], states.get)
+    (letter,) = bad.dead_letters
+    assert letter.reason.startswith("not a stage verdict")

@@ -1,0 +1,189 @@
+"""`tripwire replay`: the worker's judging code over recorded events, with no broker and no Redis.
+
+Each line of the file is one contract event as an agent publishes it. The lines go through the same
+`Pipeline` and `StageJudge` the worker runs (parse, dead-letter, judge, keyed stages, verdicts back to the
+session), with the clock following the events' own times, so the timed detectors (deadlines, stalls) fire
+where they would have. What would have been a kill or an alert is printed with its evidence instead of
+sent: the tool for tuning windows and thresholds on real traffic before switching a detector to enforce.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from agents_contract import CommandSigner
+from detectors import DetectorSettings, DetectorSuite, SessionState, Verdict, build_policy, keyed_detectors
+from streams._config import ConfigError, explain, read_config_file
+from streams._pipeline import BatchResult, Pipeline, RawRecord
+from streams._stages import StageJudge
+
+_VERDICTS = "replay.verdicts"
+# How often (in event time) the timed detectors look at the sessions, like the worker's timer.
+_TICK_MS = 1_000
+
+
+@dataclass
+class ReplayReport:
+    events: int = 0
+    duplicates: int = 0
+    # (line number, reason)
+    dead_letters: list[tuple[int, str]] = field(default_factory=list)
+    # (verdict, what the worker would have done: killed / warned / observed, agent_id)
+    verdicts: list[tuple[Verdict, str]] = field(default_factory=list)
+    sessions: int = 0
+
+
+def detector_settings(path: Path | None) -> DetectorSettings:
+    """The `detectors` section of a worker config file (defaults without one); no other key is needed."""
+    if path is None:
+        return DetectorSettings()
+    data = read_config_file(path).get("detectors") or {}
+    try:
+        return DetectorSettings.model_validate(data)
+    except ValidationError as exc:
+        message = explain(exc, source=str(path))
+        raise ConfigError(message.replace("\n  ", "\n  detectors.")) from None
+
+
+class Replay:
+    """Judges records in order, as one worker owning every partition would."""
+
+    def __init__(self, settings: DetectorSettings) -> None:
+        self.now_ms = 0
+        signer = CommandSigner(secrets.token_bytes(32))
+        suite = DetectorSuite(
+            build_policy(settings), self._clock, allowed_lateness_ms=settings.allowed_lateness_ms
+        )
+        stages = frozenset(a.detector.stage for a in keyed_detectors(settings))
+        self.pipeline = Pipeline(suite, signer, self._clock, stages=stages, verdicts_topic=_VERDICTS)
+        self.stages = StageJudge(settings, signer, self._clock)
+        self.states: dict[str, SessionState] = {}
+        self.stage_states: dict[str, dict[str, Any]] = {}
+        self.report = ReplayReport()
+        self._ticked_ms = 0
+
+    def _clock(self) -> int:
+        return self.now_ms
+
+    def feed(self, lines: Iterable[bytes]) -> ReplayReport:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            time_ms = _event_time(line)
+            if time_ms is not None and time_ms > self.now_ms:
+                self.advance(time_ms)
+            key = _session_key(line)
+            self._judge([RawRecord(key, line, 0, number)])
+        return self.report
+
+    def advance(self, now_ms: int) -> None:
+        """Move the clock; the timed detectors run every second of event time, as in the worker."""
+        self.now_ms = now_ms
+        if now_ms - self._ticked_ms >= _TICK_MS:
+            self._ticked_ms = now_ms
+            self._record(self.pipeline.expire(list(self.states.values()), now_ms))
+
+    def _judge(self, records: list[RawRecord]) -> None:
+        result = self.pipeline.judge(records, self.states.get)
+        self._record(result)
+        if result.stage_records:
+            raw = [RawRecord(r.routing_key, r.to_bytes(), 0, 0) for r in result.stage_records]
+            staged = self.stages.judge(raw, self.stage_states.get)
+            for key, (state, _) in staged.dirty.items():
+                self.stage_states[key] = state
+            for verdict in staged.given:
+                if verdict.evidence.get("scope") == "tool":
+                    self.report.verdicts.append((verdict, _action(verdict, tool=True)))
+            if staged.verdicts:
+                self._judge([RawRecord(k, v, 0, 0, _VERDICTS) for k, v in staged.verdicts])
+
+    def _record(self, result: BatchResult) -> None:
+        self.report.events += result.events
+        self.report.duplicates += result.duplicates
+        for state, _ in result.dirty.values():
+            self.states[state.session_id] = state
+        self.report.sessions = len(self.states)
+        for letter in result.dead_letters:
+            self.report.dead_letters.append((letter.record.offset, letter.reason))
+        for verdict in result.verdicts:
+            self.report.verdicts.append((verdict, _action(verdict)))
+
+
+def _action(verdict: Verdict, *, tool: bool = False) -> str:
+    if verdict.mode == "shadow":
+        return "observed"
+    if verdict.kills:
+        return "circuit" if tool else "killed"
+    return "warned"
+
+
+def _event_time(line: bytes) -> int | None:
+    try:
+        value = orjson.loads(line).get("event_time_ms")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value >= 0 else None
+
+
+def _session_key(line: bytes) -> bytes | None:
+    try:
+        value = orjson.loads(line).get("session_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value.encode() if isinstance(value, str) else None
+
+
+def replay_lines(lines: Iterable[bytes], settings: DetectorSettings, *, horizon_ms: int = 0) -> ReplayReport:
+    replay = Replay(settings)
+    replay.feed(lines)
+    if horizon_ms:
+        # Let the clock run on past the last event, so sessions that went quiet meet their timers.
+        replay.advance(replay.now_ms + horizon_ms)
+    return replay.report
+
+
+def read_lines(path: Path) -> Iterator[bytes]:
+    try:
+        with path.open("rb") as f:
+            yield from f
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def render(report: ReplayReport, *, json_output: bool) -> str:
+    if json_output:
+        lines = [
+            orjson.dumps({"action": action, **verdict.describe()}).decode()
+            for verdict, action in report.verdicts
+        ]
+        summary = {
+            "summary": {
+                "events": report.events,
+                "sessions": report.sessions,
+                "duplicates": report.duplicates,
+                "dead_letters": [{"line": n, "reason": r} for n, r in report.dead_letters],
+                "verdicts": len(report.verdicts),
+            }
+        }
+        return "\n".join([*lines, orjson.dumps(summary).decode()])
+    out = [
+        f"{report.events} events in {report.sessions} sessions; {report.duplicates} duplicates dropped; "
+        f"{len(report.dead_letters)} dead letters; {len(report.verdicts)} verdicts"
+    ]
+    for line, reason in report.dead_letters:
+        out.append(f"  line {line}: dead letter: {reason}")
+    for verdict, action in report.verdicts:
+        out.append(
+            f"  {action:<8} {verdict.session_id}  {verdict.detector} ({verdict.failure_class.value}, "
+            f"{verdict.mode}): {verdict.reason}"
+        )
+        window = f"window {verdict.window_start_ms}..{verdict.window_end_ms}"
+        out.append(f"           {window}; events {', '.join(verdict.event_ids[-6:])}")
+    return "\n".join(out)

@@ -1,0 +1,148 @@
+"""The keyed stages: detectors whose key is a tenant, an agent, a tool or a piece of content, not a session.
+
+The session worker forwards a `StageRecord` for each event such a detector needs, keyed by
+`<stage>:<key>`, so one key's records are judged by one worker in order (a single writer per tenant budget,
+per tool circuit, per fingerprint owner). `StageJudge.judge` runs the keyed detectors over a batch: session
+verdicts go back on the verdicts topic keyed by session, where the session's own worker applies them like
+its own (one kill path, one acknowledgement watch); a tool circuit opening or closing becomes a signed
+tool-scope command to every agent and an alert. Like `Pipeline`, it does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from agents_contract import CommandSigner, KillCommand
+from detectors import Clock, DetectorSettings, KeyedPolicy, StageRecord, Verdict, build_keyed_policy
+from sinks import Alert
+from streams._pipeline import DeadLetter, RawRecord, encode_verdict
+
+# Recent record ids per key, so a batch replayed after a crash does not count twice.
+_SEEN = 32
+
+StageLookup = Callable[[str], dict[str, Any] | None]
+
+
+@dataclass(slots=True)
+class StageResult:
+    # (session key, verdict record) for the verdicts topic.
+    verdicts: list[tuple[bytes, bytes]] = field(default_factory=list)
+    commands: list[KillCommand] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    given: list[Verdict] = field(default_factory=list)
+    # stage key -> (state, partition)
+    dirty: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    records: int = 0
+
+
+def _circuit_id(tool: str, generation: int) -> str:
+    digest = hashlib.sha256(f"{tool}\x00{generation}".encode()).hexdigest()
+    return f"circuit-{digest[:32]}"
+
+
+class StageJudge:
+    def __init__(self, settings: DetectorSettings, signer: CommandSigner, clock: Clock) -> None:
+        self._signer = signer
+        self._clock = clock
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: DetectorSettings) -> None:
+        self._policy: KeyedPolicy = build_keyed_policy(settings)
+
+    def judge(self, records: Iterable[RawRecord], lookup: StageLookup) -> StageResult:
+        result = StageResult()
+        policy = self._policy
+        for raw in records:
+            try:
+                record = StageRecord.from_bytes(raw.value or b"")
+            except ValueError as exc:
+                result.dead_letters.append(DeadLetter(raw, f"not a stage record: {exc}"))
+                continue
+            result.records += 1
+            key = f"{record.stage}:{record.key}"
+            entry = result.dirty.get(key)
+            state = entry[0] if entry is not None else (lookup(key) or {})
+            seen: list[int] = state.setdefault("_seen", [])
+            mark = zlib.crc32(record.event_id.encode())
+            if mark in seen:
+                continue
+            seen.append(mark)
+            del seen[:-_SEEN]
+            result.dirty[key] = (state, raw.partition)
+            # The fleet's tool circuits are one per tool, whoever calls it: overrides do not apply there.
+            scoped = ("", "") if record.stage == "tool_circuit" else (record.tenant_id, record.agent_id)
+            for armed in policy(*scoped):
+                if armed.detector.stage != record.stage:
+                    continue
+                try:
+                    verdicts = armed.detector.observe(state, record)
+                except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+                    # A record this worker wrote should never get here; if one does, it is set aside, not
+                    # allowed to stop every stage behind it.
+                    result.dead_letters.append(DeadLetter(raw, f"{record.stage} could not judge it: {exc!r}"))
+                    continue
+                for verdict in verdicts:
+                    self._give(replace(verdict, mode=armed.mode), record, result)
+        return result
+
+    def _give(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:
+        result.given.append(verdict)
+        if verdict.evidence.get("scope") == "tool":
+            self._circuit(verdict, record, result)
+            return
+        value = encode_verdict(
+            verdict, tenant_id=record.tenant_id, user_id=record.user_id, agent_id=record.agent_id
+        )
+        result.verdicts.append((verdict.session_id.encode(), value))
+
+    def _circuit(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:
+        tool = str(verdict.evidence.get("tool", record.key))
+        generation = int(verdict.evidence.get("generation", 1))
+        closed = verdict.evidence.get("circuit") == "closed"
+        now = self._clock()
+        alert_id = _circuit_id(tool, generation)
+        if verdict.mode == "enforce":
+            command = KillCommand(
+                command_id=f"{alert_id}-{'closed' if closed else 'open'}",
+                scope="tool",
+                target=tool[:128],
+                reason=verdict.reason,
+                detector=verdict.detector,
+                evidence={"failure_class": verdict.failure_class.value, **verdict.evidence},
+                issued_at_ms=now,
+            )
+            result.commands.append(self._signer.sign(command))
+        if verdict.mode == "shadow":
+            return
+        result.alerts.append(
+            Alert(
+                alert_id=alert_id,
+                severity="critical" if verdict.mode == "enforce" else "warning",
+                failure_class=verdict.failure_class.value,
+                detector=verdict.detector,
+                action="tripped" if verdict.mode == "enforce" else "warned",
+                session_id=verdict.session_id,
+                tenant_id=record.tenant_id,
+                user_id=record.user_id,
+                agent_id=record.agent_id,
+                reason=verdict.reason,
+                observed=verdict.observed,
+                threshold=verdict.threshold,
+                event_id=verdict.event_id,
+                event_time_ms=verdict.event_time_ms,
+                detected_at_ms=now,
+                evidence={**verdict.evidence, "mode": verdict.mode, "event_ids": list(verdict.event_ids)},
+                status="resolved" if closed else "firing",
+            )
+        )
+
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    return orjson.dumps(state)

@@ -1,0 +1,124 @@
+"""`tripwire replay`: the worker's judging code over recorded events, and the scenario library through it.
+
+The scenario library is the suite's acceptance test: every runaway scenario must trip its own detector
+under the default settings, and no healthy session may trip anything, with the keyed stages (tenant,
+agent, tool, content) judged as the worker judges them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agents_contract import encode_event
+from detectors import DetectorSettings, keyed_detectors, session_detectors
+from streams._cli import main
+from streams._replay import ReplayReport, replay_lines
+from streams._scenarios import Scenario, in_time_order, overrides, scenario_library
+
+KEY = "0123456789abcdef0123456789abcdef"
+# Long enough past the last event for a quiet session to meet the stall timer (300 s by default).
+HORIZON_S = 400
+
+
+def recording(prefix: str = "t") -> tuple[list[bytes], DetectorSettings, list[Scenario]]:
+    library = scenario_library(prefix)
+    settings = DetectorSettings.model_validate(overrides(library))
+    return [encode_event(e) for e in in_time_order(library)], settings, library
+
+
+def test_every_runaway_scenario_trips_its_detector_and_no_healthy_session_trips_any() -> None:
+    lines, settings, library = recording()
+    report = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
+    fired: dict[str, list[str]] = {}
+    for verdict, _ in report.verdicts:
+        fired.setdefault(verdict.session_id, []).append(verdict.detector)
+    assert report.dead_letters == []
+    covered = set()
+    for scenario in library:
+        got = [d for sid in scenario.sessions for d in fired.get(sid, [])]
+        if scenario.detector is None:
+            assert got == [], f"{scenario.name} is healthy but tripped {got}"
+        else:
+            assert scenario.detector in got, f"{scenario.name} did not trip {scenario.detector}: {got}"
+            covered.add(scenario.detector)
+    every = {a.detector.name for a in session_detectors(settings)} | {
+        a.detector.name for a in keyed_detectors(settings)
+    }
+    assert covered == every
+
+
+def test_replay_prints_each_verdict_with_its_evidence_as_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines, _, library = recording()
+    path = tmp_path / "events.jsonl"
+    # A line that breaks the contract is reported with its line number and the rest is still judged.
+    path.write_bytes(b"\n".join([b'{"kind": "turn.completed"}', *lines]) + b"\n")
+    config = tmp_path / "tripwire.yaml"
+    config.write_bytes(
+        orjson.dumps(
+            {"signing_key": KEY, "detectors": {**overrides(library), "monologue": {"mode": "shadow"}}}
+        )
+    )
+    assert main(["replay", str(path), "--config", str(config), "--json", "--horizon-s", str(HORIZON_S)]) == 0
+    out = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    *verdicts, summary = out
+    assert summary["summary"]["events"] == len(lines)
+    (letter,) = summary["summary"]["dead_letters"]
+    assert letter["line"] == 1
+    assert "schema_version" in letter["reason"]
+    by_detector = {v["detector"]: v for v in verdicts}
+    monologue = by_detector["monologue"]
+    assert (monologue["mode"], monologue["action"]) == ("shadow", "observed")
+    loop = by_detector["repeated_tool_call"]
+    assert loop["action"] == "killed"
+    assert loop["failure_class"] == "runaway_execution"
+    assert len(loop["event_ids"]) >= 5
+    assert loop["window_start_ms"] <= loop["event_time_ms"] <= loop["window_end_ms"]
+    assert loop["evidence"]["tool_name"].endswith("web_search")
+    assert by_detector["burn_rate"]["action"] == "warned"
+    assert by_detector["tool_circuit"]["action"] == "circuit"
+    leak = by_detector["memory_leak"]
+    assert leak["evidence"]["owner_session_id"].endswith("record-leak-owner")
+    assert leak["session_id"].endswith("record-leak-reader")
+
+
+def test_replay_text_output_and_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines, _, _ = recording()
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    assert main(["replay", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].startswith(f"{len(lines)} events in ")
+    assert "killed   t-runaway-search-fetch-cycle  cyclic_pattern (runaway_execution, enforce)" in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("detectors:\n  repeated_tool_call:\n    count: 1\n")
+    assert main(["replay", str(path), "--config", str(bad)]) == 2
+    assert "detectors.repeated_tool_call.count: 1 is not allowed" in capsys.readouterr().err
+    assert main(["replay", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_the_same_recording_gives_the_same_verdicts_twice() -> None:
+    lines, settings, _ = recording()
+    first = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
+    second = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
+    assert [v.describe() for v, _ in first.verdicts] == [v.describe() for v, _ in second.verdicts]
+
+
+def test_duplicated_and_reordered_deliveries_change_no_verdict() -> None:
+    lines, settings, _ = recording()
+    clean = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
+    # At-least-once delivery: every tenth event arrives twice, the copy a few events later.
+    noisy = list(lines)
+    for at in range(len(lines) - 1, 0, -10):
+        noisy.insert(min(len(noisy), at + 3), lines[at])
+    again = replay_lines(noisy, settings, horizon_ms=HORIZON_S * 1000)
+    assert again.duplicates == len(noisy) - len(lines)
+
+    def judged(report: ReplayReport) -> set[tuple[str, str]]:
+        return {(v.session_id, v.detector) for v, _ in report.verdicts}
+
+    assert judged(again) == judged(clean)
