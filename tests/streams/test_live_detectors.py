@@ -1,0 +1,116 @@
+"""Detectors in a running worker: config changes without a restart, and the fleet-wide tool circuit.
+
+Both run a real worker on the session's broker and Redis; every wait is for a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+
+from agents_contract import AgentGuard, Fence, SessionKilled, ToolCircuitOpen
+from streams._stack import LocalStack, budget_only
+from tests.conftest import Broker
+from tests.streams.test_metrics import scrape, value, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+async def steps(stack: LocalStack, guard: AgentGuard, count: int) -> str:
+    """An agent making `count` distinct tool calls, judged to the end: which detector killed it, if any."""
+
+    async def lookup(n: int) -> int:
+        return n
+
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    async with guard.session(session_id, agent_id="a1", tenant_id="acme", user_id="u1") as session:
+        with contextlib.suppress(SessionKilled):  # the kill may land before the agent is done
+            for n in range(count):
+                await session.call_tool("lookup", {"n": n}, lookup, n)
+    # Every event judged and committed; the fence holds every kill the worker issued.
+    await stack.drain()
+    fence = Fence(stack.redis_url)
+    try:
+        kill = await fence.lookup(session_id)
+    finally:
+        await fence.close()
+    return "finished" if kill is None else f"killed by {kill.detector}"
+
+
+async def test_a_changed_detector_config_applies_to_the_running_worker(
+    broker: Broker, redis_url: str
+) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=1000),
+        worker={"timer_interval_s": 0.2},
+        private_topics=True,
+    ) as stack:
+        config = stack.workdir / "tripwire.yaml"
+
+        def rewrite(detectors: dict[str, Any]) -> None:
+            data = yaml.safe_load(config.read_text())
+            data["detectors"] = detectors
+            config.write_text(yaml.safe_dump(data))
+
+        async def reloads(result: str) -> float:
+            return value(await scrape(stack), "tripwire_config_reloads_total", result=result)
+
+        async with stack.guard() as guard:
+            assert await steps(stack, guard, 8) == "finished"
+            # A bad change is refused; the worker keeps the config it runs.
+            rewrite({"session_budget": {"max_steps": 0}})
+            await wait_for("the bad change refused", lambda: _at_least(reloads("rejected"), 1))
+            assert await steps(stack, guard, 8) == "finished"
+            rewrite(budget_only(max_steps=3))
+            await wait_for("the new limit applied", lambda: _at_least(reloads("applied"), 1))
+            assert await steps(stack, guard, 8) == "killed by max_steps"
+        assert stack.worker is not None
+        assert stack.worker.running
+
+
+async def _at_least(figure: Any, minimum: float) -> bool:
+    return bool(await figure >= minimum)
+
+
+async def test_a_tool_failing_across_sessions_is_switched_off_in_every_agent(
+    broker: Broker, redis_url: str
+) -> None:
+    detectors = budget_only(max_steps=1000)
+    detectors["tool_circuit"] = {"min_calls": 6, "error_ratio": 0.5, "window_s": 60, "open_s": 300}
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=detectors,
+        private_topics=True,
+    ) as stack:
+        tool = f"payments-{uuid.uuid4().hex[:6]}"
+
+        async def payments(n: int) -> int:
+            raise ConnectionError(f"payments is down ({n})")
+
+        async with stack.guard() as guard:
+            # Six sessions, one failed call each: no session alone has a reason to stop.
+            for n in range(6):
+                sid = f"pay-{n}-{uuid.uuid4().hex[:6]}"
+                async with guard.session(sid, agent_id="a1", tenant_id="acme", user_id=f"u{n}") as session:
+                    with pytest.raises(ConnectionError):
+                        await session.call_tool(tool, {"n": n}, payments, n)
+
+            async def opened() -> bool:
+                return guard.tool_circuits.state(tool) == "open"
+
+            await wait_for("the tool's circuit to open in the agent process", opened)
+            async with guard.session(f"pay-late-{uuid.uuid4().hex[:6]}", agent_id="a1", tenant_id="acme",
+                                     user_id="u9") as session:  # fmt: skip
+                with pytest.raises(ToolCircuitOpen):
+                    await session.call_tool(tool, {"n": 99}, payments, 99)
+        samples = await scrape(stack)
+        assert value(samples, "tripwire_tool_circuit_commands_total", circuit="open") == 1
