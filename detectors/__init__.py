@@ -15,7 +15,9 @@ from detectors._keyed import (
     StageRecord,
     TenantDailyBudget,
     ToolCircuit,
+    pack_stage_records,
     stage_records,
+    unpack_stage_records,
 )
 from detectors._loops import (
     AgentPingPong,
@@ -98,8 +100,10 @@ __all__ = [
     "build_policy",
     "ceilings",
     "keyed_detectors",
+    "pack_stage_records",
     "session_detectors",
     "stage_records",
+    "unpack_stage_records",
     "verdict",
     "wall_clock",
 ]

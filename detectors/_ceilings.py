@@ -54,6 +54,7 @@ class _Ceiling:
 
 
 class StepCeiling(_Ceiling):
+    kinds = frozenset({"turn.started", "tool.called"})
     name, unit = "max_steps", "steps"
 
     def _total(self, state: SessionState) -> float:
@@ -61,6 +62,7 @@ class StepCeiling(_Ceiling):
 
 
 class TokenCeiling(_Ceiling):
+    kinds = frozenset({"turn.completed"})
     name, unit = "max_tokens", "tokens"
 
     def _total(self, state: SessionState) -> float:
@@ -68,6 +70,7 @@ class TokenCeiling(_Ceiling):
 
 
 class CostCeiling(_Ceiling):
+    kinds = frozenset({"turn.completed"})
     name, unit = "max_cost_usd", "USD"
 
     def _total(self, state: SessionState) -> float:

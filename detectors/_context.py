@@ -34,6 +34,8 @@ def _median(values: list[int]) -> float:
 class ContextBlowup:
     """A turn's context above `max_context_tokens`, or above `growth_factor` x the agent's recent median."""
 
+    kinds = frozenset({"turn.completed"})
+
     def __init__(
         self,
         *,

@@ -39,6 +39,8 @@ class ErrorBurst:
     """`count` tool errors within `window_ms`, or an error share of at least `ratio` once `min_calls` results
     are in the window."""
 
+    kinds = frozenset({"tool.returned"})
+
     def __init__(
         self,
         *,
@@ -122,6 +124,8 @@ class ErrorBurst:
 
 class ErrorPropagation:
     """Tool errors from `agents` distinct agents of one session within `window_ms` of the first of them."""
+
+    kinds = frozenset({"tool.returned"})
 
     def __init__(self, *, name: str = "error_propagation", agents: int = 3, window_ms: int = 60_000) -> None:
         _positive(agents=agents, window_ms=window_ms)

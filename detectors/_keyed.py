@@ -75,10 +75,11 @@ class StageRecord:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StageRecord:
-        try:
-            fields = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from None
+        return cls.from_fields(_json(raw))
+
+    @classmethod
+    def from_fields(cls, fields: Any) -> StageRecord:
+        """The record `to_bytes` wrote, as parsed JSON; ValueError says what is wrong with it."""
         if not isinstance(fields, list) or len(fields) != 11:
             raise ValueError("a stage record is a JSON array of 11 fields")
         stage, key, event_id, session_id, tenant_id, user_id, agent_id, seq, event_time_ms, kind, values = (
@@ -96,6 +97,33 @@ class StageRecord:
         return cls(
             stage, key, event_id, session_id, tenant_id, user_id, agent_id, seq, event_time_ms, kind, values
         )
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+
+
+def pack_stage_records(records: Iterable[StageRecord]) -> list[tuple[bytes, bytes]]:
+    """One message per routing key for a batch's records, in order: (key, JSON array of records). Under
+    load a batch has thousands of records for a handful of keys (one tenant, a few tools), and a message
+    each would cost the stage more than the judging."""
+    grouped: dict[bytes, list[list[Any]]] = {}
+    for record in records:
+        grouped.setdefault(record.routing_key, []).append(
+            [getattr(record, name) for name in StageRecord.__slots__]
+        )
+    return [(key, orjson.dumps(items)) for key, items in grouped.items()]
+
+
+def unpack_stage_records(raw: bytes) -> list[StageRecord]:
+    """The records of one stages message (`pack_stage_records`; a single `to_bytes` record too)."""
+    data = _json(raw)
+    if isinstance(data, list) and data and all(isinstance(item, list) for item in data):
+        return [StageRecord.from_fields(item) for item in data]
+    return [StageRecord.from_fields(data)]
 
 
 def _record(stage: str, key: str, event: AgentEvent, **values: Any) -> StageRecord:

@@ -72,6 +72,8 @@ class RepeatedToolCall:
     row to one tool whose results after the first bring nothing new (same result digest, or fingerprints
     all seen already in the run)."""
 
+    kinds = frozenset({"tool.called", "tool.returned"})
+
     def __init__(self, *, name: str = "repeated_tool_call", count: int = 5, window_ms: int = 300_000) -> None:
         _at_least(2, count=count)
         _at_least(1, window_ms=window_ms)
@@ -181,6 +183,8 @@ class CyclicPattern:
     """The session's last tool calls are a cycle of period 2..`max_period` (tool and canonical arguments)
     repeated `repeats` times in a row."""
 
+    kinds = frozenset({"tool.called"})
+
     def __init__(self, *, name: str = "cyclic_pattern", max_period: int = 4, repeats: int = 3) -> None:
         _at_least(2, max_period=max_period, repeats=repeats)
         self.name = name
@@ -236,6 +240,8 @@ class AgentPingPong:
     """Messages bouncing between the same two agents, alternating, `exchanges` times with content that
     was already sent in the exchange."""
 
+    kinds = frozenset({"message.sent"})
+
     def __init__(self, *, name: str = "agent_ping_pong", exchanges: int = 6) -> None:
         _at_least(2, exchanges=exchanges)
         self.name = name
@@ -283,6 +289,8 @@ class AgentPingPong:
 class NoProgress:
     """An agent's turns producing the same output (digest) `repeats` times in a row."""
 
+    kinds = frozenset({"turn.completed"})
+
     def __init__(self, *, name: str = "no_progress", repeats: int = 3) -> None:
         _at_least(2, repeats=repeats)
         self.name = name
@@ -322,6 +330,8 @@ class NoProgress:
 
 class Monologue:
     """An agent taking `turns` LLM turns in a row without a tool call or a message in between."""
+
+    kinds = frozenset({"turn.completed", "tool.called", "message.sent"})
 
     def __init__(self, *, name: str = "monologue", turns: int = 8) -> None:
         _at_least(2, turns=turns)
@@ -363,6 +373,8 @@ class Monologue:
 
 class RepeatedError:
     """One tool failing with the same error class `count` times in a row (its other results break it)."""
+
+    kinds = frozenset({"tool.returned"})
 
     def __init__(self, *, name: str = "repeated_error", count: int = 3) -> None:
         _at_least(2, count=count)

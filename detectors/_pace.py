@@ -37,6 +37,8 @@ class BurnRate:
     """Warns when, at the spend rate of the last `window_ms`, the session crosses `ceiling_usd` within
     `horizon_ms`; the window must hold at least `min_spend_usd` first."""
 
+    kinds = frozenset({"turn.completed"})
+
     def __init__(
         self,
         *,
@@ -149,6 +151,8 @@ class SessionDeadline:
 
 class MemoryWriteAmplification:
     """Warns when a session makes more than `writes` memory writes within `window_ms`."""
+
+    kinds = frozenset({"memory.written"})
 
     def __init__(
         self, *, name: str = "memory_write_amplification", writes: int = 50, window_ms: int = 60_000

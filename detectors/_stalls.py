@@ -33,6 +33,8 @@ class Stall:
     """A live session that has sent no event for more than `quiet_ms` (judged by the worker's timer), by
     its newest event's time or, when later, the time the worker heard it (a backlog is not silence)."""
 
+    kinds: frozenset[str] = frozenset()
+
     def __init__(self, *, name: str = "stall", quiet_ms: int = 300_000) -> None:
         if quiet_ms <= 0:
             raise ValueError(f"quiet_ms must be positive, got {quiet_ms!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from agents_contract import AgentEvent
 from detectors._state import SessionState
@@ -28,6 +28,9 @@ def wall_clock() -> int:
 
 
 class Detector(Protocol):
+    """A session detector. It may say which event kinds it observes in a `kinds` attribute (a frozenset of
+    `kind` values); the suite then calls it for those kinds only. Without one it sees every event."""
+
     name: str
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None: ...
@@ -66,6 +69,9 @@ class Observation:
     verdicts: list[Verdict]
 
 
+# The pseudo event kind under which the suite keeps the timed detectors of a detector set.
+_TIMER = "<timer>"
+
 _DUPLICATE = Observation(duplicate=True, verdicts=[])
 _QUIET = Observation(duplicate=False, verdicts=[])
 
@@ -89,6 +95,26 @@ class DetectorSuite:
             self._policy = _fixed(armed)
         self._clock = clock
         self.allowed_lateness_ms = allowed_lateness_ms
+        # Per detector set (by identity; the policy hands out the same few tuples) and event kind, the
+        # detectors that observe that kind: most observe one or two of the twelve kinds.
+        self._by_kind: dict[int, tuple[DetectorSet, dict[str, DetectorSet]]] = {}
+
+    def _for_kind(self, detectors: DetectorSet, kind: str) -> DetectorSet:
+        entry = self._by_kind.get(id(detectors))
+        if entry is None or entry[0] is not detectors:
+            entry = self._by_kind[id(detectors)] = (detectors, {})
+        chosen = entry[1].get(kind)
+        if chosen is None:
+            if kind == _TIMER:
+                chosen = tuple(armed for armed in detectors if isinstance(armed.detector, TimedDetector))
+            else:
+                chosen = tuple(
+                    armed
+                    for armed in detectors
+                    if (kinds := getattr(armed.detector, "kinds", None)) is None or kind in kinds
+                )
+            entry[1][kind] = chosen
+        return chosen
 
     def detectors_for(self, tenant_id: str, agent_id: str) -> DetectorSet:
         return self._policy(tenant_id, agent_id)
@@ -107,7 +133,7 @@ class DetectorSuite:
         if state.killed_by is not None:
             return _QUIET
         verdicts: list[Verdict] = []
-        for armed in self._policy(state.tenant_id, event.agent_id):
+        for armed in self._for_kind(self._policy(state.tenant_id, event.agent_id), event.kind):
             verdict = armed.detector.observe(state, event, now_ms)
             if verdict is not None and (given := self._give(state, verdict, armed.mode)) is not None:
                 verdicts.append(given)
@@ -120,11 +146,11 @@ class DetectorSuite:
         now = self._clock() if now_ms is None else now_ms
         verdicts: list[Verdict] = []
         # A quiet session has no event to name its agent: the tenant's settings apply.
-        for armed in self._policy(state.tenant_id, ""):
-            if isinstance(armed.detector, TimedDetector):
-                verdict = armed.detector.expire(state, now)
-                if verdict is not None and (given := self._give(state, verdict, armed.mode)) is not None:
-                    verdicts.append(given)
+        for armed in self._for_kind(self._policy(state.tenant_id, ""), _TIMER):
+            detector: Any = armed.detector
+            verdict = detector.expire(state, now)
+            if verdict is not None and (given := self._give(state, verdict, armed.mode)) is not None:
+                verdicts.append(given)
         return verdicts
 
     @staticmethod

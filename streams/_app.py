@@ -30,6 +30,7 @@ from detectors import (
     SessionState,
     build_policy,
     keyed_detectors,
+    pack_stage_records,
     wall_clock,
 )
 from streams import _transport as transport
@@ -216,8 +217,8 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
                 record.offset,
                 letter.reason,
             )
-        for stage_record in result.stage_records:
-            sent.append(await stages_topic.send(key=stage_record.routing_key, value=stage_record.to_bytes()))
+        for key, value in pack_stage_records(result.stage_records):
+            sent.append(await stages_topic.send(key=key, value=value))
         if sent:
             await asyncio.gather(*sent)
         for command in result.kills:

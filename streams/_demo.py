@@ -267,10 +267,11 @@ async def _demo(json_output: bool, bootstrap: str | None, redis_url: str | None)
     detectors = {**DEMO_DETECTORS, **overrides(recorded)}
     async with LocalStack(bootstrap=bootstrap, redis_url=redis_url, detectors=detectors) as stack:
         say(f"worker ready (broker {stack.bootstrap}, redis {stack.redis_url}); every detector on")
-        say(f"publishing {len(recorded)} recorded sessions from the scenario library")
-        await publish_recorded(stack, recorded)
+        # Live agents first, alone, so their kill latency is the worker's and not a burst's queueing.
         async with stack.guard() as guard:
             outcomes = await asyncio.gather(*(run_scenario(guard, s, say) for s in SCENARIOS))
+        say(f"publishing {len(recorded)} recorded scenarios from the scenario library")
+        await publish_recorded(stack, recorded)
         replayed = await collect_verdicts(stack, recorded, say)
         # A healthy session that finished before a (wrong) kill reached it would hide a false kill: wait
         # until the worker has judged every event, then ask the fence, which records every kill issued.

@@ -19,7 +19,15 @@ import orjson
 from pydantic import ValidationError
 
 from agents_contract import CommandSigner
-from detectors import DetectorSettings, DetectorSuite, SessionState, Verdict, build_policy, keyed_detectors
+from detectors import (
+    DetectorSettings,
+    DetectorSuite,
+    SessionState,
+    Verdict,
+    build_policy,
+    keyed_detectors,
+    pack_stage_records,
+)
 from streams._config import ConfigError, explain, read_config_file
 from streams._pipeline import BatchResult, Pipeline, RawRecord
 from streams._stages import StageJudge
@@ -94,7 +102,7 @@ class Replay:
         result = self.pipeline.judge(records, self.states.get)
         self._record(result)
         if result.stage_records:
-            raw = [RawRecord(r.routing_key, r.to_bytes(), 0, 0) for r in result.stage_records]
+            raw = [RawRecord(key, value, 0, 0) for key, value in pack_stage_records(result.stage_records)]
             staged = self.stages.judge(raw, self.stage_states.get)
             for key, (state, _) in staged.dirty.items():
                 self.stage_states[key] = state

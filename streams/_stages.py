@@ -1,8 +1,9 @@
 """The keyed stages: detectors whose key is a tenant, an agent, a tool or a piece of content, not a session.
 
 The session worker forwards a `StageRecord` for each event such a detector needs, keyed by
-`<stage>:<key>`, so one key's records are judged by one worker in order (a single writer per tenant budget,
-per tool circuit, per fingerprint owner). `StageJudge.judge` runs the keyed detectors over a batch: session
+`<stage>:<key>` (one message per key per batch, `pack_stage_records`), so one key's records are judged by
+one worker in order (a single writer per tenant budget, per tool circuit, per fingerprint owner).
+`StageJudge.judge` runs the keyed detectors over a batch: session
 verdicts go back on the verdicts topic keyed by session, where the session's own worker applies them like
 its own (one kill path, one acknowledgement watch); a tool circuit opening or closing becomes a signed
 tool-scope command to every agent and an alert. Like `Pipeline`, it does no I/O.
@@ -19,7 +20,15 @@ from typing import Any
 import orjson
 
 from agents_contract import CommandSigner, KillCommand
-from detectors import Clock, DetectorSettings, KeyedPolicy, StageRecord, Verdict, build_keyed_policy
+from detectors import (
+    Clock,
+    DetectorSettings,
+    KeyedPolicy,
+    StageRecord,
+    Verdict,
+    build_keyed_policy,
+    unpack_stage_records,
+)
 from sinks import Alert
 from streams._pipeline import DeadLetter, RawRecord, encode_verdict
 
@@ -61,36 +70,47 @@ class StageJudge:
         policy = self._policy
         for raw in records:
             try:
-                record = StageRecord.from_bytes(raw.value or b"")
+                unpacked = unpack_stage_records(raw.value or b"")
             except ValueError as exc:
                 result.dead_letters.append(DeadLetter(raw, f"not a stage record: {exc}"))
                 continue
-            result.records += 1
-            key = f"{record.stage}:{record.key}"
-            entry = result.dirty.get(key)
-            state = entry[0] if entry is not None else (lookup(key) or {})
-            seen: list[int] = state.setdefault("_seen", [])
-            mark = zlib.crc32(record.event_id.encode())
-            if mark in seen:
-                continue
-            seen.append(mark)
-            del seen[:-_SEEN]
-            result.dirty[key] = (state, raw.partition)
-            # The fleet's tool circuits are one per tool, whoever calls it: overrides do not apply there.
-            scoped = ("", "") if record.stage == "tool_circuit" else (record.tenant_id, record.agent_id)
-            for armed in policy(*scoped):
-                if armed.detector.stage != record.stage:
-                    continue
-                try:
-                    verdicts = armed.detector.observe(state, record)
-                except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
-                    # A record this worker wrote should never get here; if one does, it is set aside, not
-                    # allowed to stop every stage behind it.
-                    result.dead_letters.append(DeadLetter(raw, f"{record.stage} could not judge it: {exc!r}"))
-                    continue
-                for verdict in verdicts:
-                    self._give(replace(verdict, mode=armed.mode), record, result)
+            for record in unpacked:
+                self._judge_one(raw, record, lookup, policy, result)
         return result
+
+    def _judge_one(
+        self,
+        raw: RawRecord,
+        record: StageRecord,
+        lookup: StageLookup,
+        policy: KeyedPolicy,
+        result: StageResult,
+    ) -> None:
+        result.records += 1
+        key = f"{record.stage}:{record.key}"
+        entry = result.dirty.get(key)
+        state = entry[0] if entry is not None else (lookup(key) or {})
+        seen: list[int] = state.setdefault("_seen", [])
+        mark = zlib.crc32(record.event_id.encode())
+        if mark in seen:
+            return
+        seen.append(mark)
+        del seen[:-_SEEN]
+        result.dirty[key] = (state, raw.partition)
+        # The fleet's tool circuits are one per tool, whoever calls it: overrides do not apply there.
+        scoped = ("", "") if record.stage == "tool_circuit" else (record.tenant_id, record.agent_id)
+        for armed in policy(*scoped):
+            if armed.detector.stage != record.stage:
+                continue
+            try:
+                verdicts = armed.detector.observe(state, record)
+            except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
+                # A record this worker wrote should never get here; if one does, it is set aside, not
+                # allowed to stop every stage behind it.
+                result.dead_letters.append(DeadLetter(raw, f"{record.stage} could not judge it: {exc!r}"))
+                continue
+            for verdict in verdicts:
+                self._give(replace(verdict, mode=armed.mode), record, result)
 
     def _give(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:
         result.given.append(verdict)
