@@ -284,8 +284,11 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         UNACKED.set(len(watch))
         for tp in app.consumer.assignment():
             if tp.topic == topics.events:
-                highwater = app.consumer.highwater(tp) or 0
-                LAG.labels(str(tp.partition)).set(max(0, highwater - judged.get(tp.partition, highwater)))
+                LAG.labels(str(tp.partition)).set(lag(tp))
+
+    def lag(tp: Any) -> int:
+        highwater = app.consumer.highwater(tp) or 0
+        return max(0, highwater - judged.get(tp.partition, highwater))
 
     @app.agent(stages_topic, name="stages")
     async def judge_stages(stream: Any) -> None:
@@ -317,7 +320,15 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
 
     @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
     async def expire_quiet_sessions() -> None:
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
+        # Only partitions the worker has caught up on: behind a backlog (a restart, a burst) a session's
+        # newer events, its end included, may be waiting to be read, and it is neither quiet nor overdue.
+        owned = {
+            tp.partition
+            for tp in app.consumer.assignment()
+            if tp.topic == topics.events
+            and judged.get(tp.partition) is not None
+            and lag(tp) <= conf.batch_max
+        }
         states = [s for s in store.states() if s.partition in owned and s.killed_by is None and not s.ended]
         result = pipeline.expire(states, wall_clock())
         if result.verdicts:

@@ -33,7 +33,7 @@ from agents_contract import (
     parse_command,
     parse_event,
 )
-from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy
+from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy, wall_clock
 from streams._kafka import RecordProducer, TopicReader
 from streams._stack import LocalStack
 
@@ -46,6 +46,9 @@ BENCH_DETECTORS: dict[str, Any] = {
     "agent_budget": {"max_cost_usd": 10**9},
 }
 _ROUNDS = 3
+# Events are stamped around the bench's start: agents' clocks are the wall clock, and a session stamped
+# hours ago would be past its deadline.
+_T0 = wall_clock()
 
 
 def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
@@ -58,7 +61,7 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
             **env,
             "event_id": f"{session_id}-{seq}",
             "seq": seq,
-            "event_time_ms": 1_700_000_000_000 + seq,
+            "event_time_ms": _T0 + seq,
         }
         event: AgentEvent
         match i % 4:
@@ -98,7 +101,7 @@ def _sentinel(session_id: str) -> bytes:
             user_id="u",
             event_id=uuid.uuid4().hex,
             seq=1,
-            event_time_ms=1_700_000_000_000,
+            event_time_ms=wall_clock(),
             model="m",
             input_tokens=1,
             output_tokens=1,
@@ -174,7 +177,7 @@ def _state_bytes(events: int) -> int:
     """The changelog record of one bench session after `events` events through every detector: what the
     worker keeps per active session (in memory as objects, a small multiple of this)."""
     settings = DetectorSettings.model_validate(BENCH_DETECTORS)
-    suite = DetectorSuite(build_policy(settings), clock=lambda: 1_700_000_000_000)
+    suite = DetectorSuite(build_policy(settings), clock=lambda: _T0)
     state = SessionState("load-000000-0")
     for raw in _session_events(state.session_id, 1, events):
         suite.observe(state, parse_event(raw))
