@@ -61,6 +61,16 @@ def _tracked(runs: dict[str, Any], key: str, fresh: Any) -> Any:
     return run
 
 
+def _same_in_a_row(runs: dict[str, Any], key: str, value: str, event: AgentEvent) -> list[Any]:
+    """The run under `key` ([value hash, times in a row, first time, ids]) after one more `value`."""
+    mark = _h(value)
+    run: list[Any] = _tracked(runs, key, [mark, 0, event.event_time_ms, []])
+    if run[0] != mark:
+        run[:] = [mark, 0, event.event_time_ms, []]
+    run[1] += 1
+    return run
+
+
 def _ids(ids: list[str], event_id: str, keep: int) -> None:
     ids.append(event_id)
     if len(ids) > keep:
@@ -299,13 +309,10 @@ class NoProgress:
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, TurnCompleted) or event.output_digest is None or state.late:
             return None
-        runs: dict[str, Any] = slot(state, self.name, {})
-        output = _h(event.output_digest)
-        # Per agent: [output hash, turns in a row with it, first time, ids].
-        run = _tracked(runs, compact_id(event.agent_id), [output, 0, event.event_time_ms, []])
-        if run[0] != output:
-            run[:] = [output, 0, event.event_time_ms, []]
-        run[1] += 1
+        # Per agent: the same output in a row.
+        run = _same_in_a_row(
+            slot(state, self.name, {}), compact_id(event.agent_id), event.output_digest, event
+        )
         _ids(run[3], event.event_id, self.repeats)
         if run[1] < self.repeats:
             return None
@@ -390,12 +397,8 @@ class RepeatedError:
         if error is None:
             runs.pop(key, None)
             return None
-        # Per tool: [error class hash, failures in a row, first time, ids].
-        mark = _h(error)
-        run = _tracked(runs, key, [mark, 0, event.event_time_ms, []])
-        if run[0] != mark:
-            run[:] = [mark, 0, event.event_time_ms, []]
-        run[1] += 1
+        # Per tool: the same error class in a row.
+        run = _same_in_a_row(runs, key, error, event)
         _ids(run[3], event.event_id, self.count)
         if run[1] < self.count:
             return None

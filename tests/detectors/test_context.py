@@ -11,35 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents_contract import AgentEvent, TurnCompleted
-from detectors import Detector, DetectorSuite, FailureClass, SessionState, Verdict
+from detectors import FailureClass, SessionState, Verdict
 from detectors._context import CONTEXT_DETECTORS, ContextBlowup
+from tests.detectors.sessions import SessionUnderTest
 
-T0 = 1_700_000_000_000
 
+class Session(SessionUnderTest):
+    t = 0
 
-class Session:
-    def __init__(self, *detectors: Detector, lateness_ms: int = 5_000) -> None:
-        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
-        self.state = SessionState("s-1")
-        self.seqs: dict[str, int] = {}
-        self.t = 0
-
-    def envelope(self, agent: str, t: int | None) -> dict[str, Any]:
-        seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
+    def at(self, agent: str, t: int | None) -> dict[str, Any]:
+        """The envelope of `agent`'s next event, a second after the last one unless `t` is given."""
         self.t += 1_000
-        return {
-            "event_id": f"e-{agent}-{seq}",
-            "session_id": "s-1",
-            "agent_id": agent,
-            "tenant_id": "acme",
-            "user_id": "u-1",
-            "seq": seq,
-            "event_time_ms": T0 + (self.t if t is None else t),
-        }
+        return self.envelope(self.t if t is None else t, agent)
 
     def turn(self, context: int, agent: str = "a1", t: int | None = None) -> list[Verdict]:
         event: AgentEvent = TurnCompleted(
-            **self.envelope(agent, t),
+            **self.at(agent, t),
             model="gpt-4o",
             input_tokens=context,
             output_tokens=300,

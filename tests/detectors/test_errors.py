@@ -4,39 +4,20 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentEvent, ToolCalled, ToolReturned
-from detectors import Detector, DetectorSuite, FailureClass, SessionState, Verdict
+from agents_contract import ToolCalled, ToolReturned
+from detectors import FailureClass, SessionState, Verdict
 from detectors._errors import ERROR_DETECTORS, ErrorBurst, ErrorPropagation, compact_id
+from tests.detectors.sessions import T0, SessionUnderTest
 
-T0 = 1_700_000_000_000
 
-
-class Session:
+class Session(SessionUnderTest):
     """One session's events through a suite of the detectors under test, with a sequence per agent."""
-
-    def __init__(self, *detectors: Detector, lateness_ms: int = 5_000) -> None:
-        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
-        self.state = SessionState("s-1")
-        self.seqs: dict[str, int] = {}
-
-    def envelope(self, t: int, agent: str) -> dict[str, Any]:
-        seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
-        return {
-            "event_id": f"e-{agent}-{seq}",
-            "session_id": "s-1",
-            "agent_id": agent,
-            "tenant_id": "acme",
-            "user_id": "u-1",
-            "seq": seq,
-            "event_time_ms": T0 + t,
-        }
 
     def result(self, t: int, *, ok: bool = True, agent: str = "a1", tool: str = "search") -> list[Verdict]:
         event = ToolReturned(
@@ -53,9 +34,6 @@ class Session:
         return self.send(
             ToolCalled(**self.envelope(t, agent), tool_name="search", call_id=f"c{t}", args_digest="d")
         )
-
-    def send(self, event: AgentEvent) -> list[Verdict]:
-        return self.suite.observe(self.state, event).verdicts
 
     def results(self, outcomes: Iterable[tuple[int, bool]], agent: str = "a1") -> list[list[Verdict]]:
         return [self.result(t, ok=ok, agent=agent) for t, ok in outcomes]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentEvent, MessageSent, ToolCalled, ToolReturned, TurnCompleted
-from detectors import Detector, DetectorSuite, FailureClass, SessionState, Verdict
+from agents_contract import MessageSent, ToolCalled, ToolReturned, TurnCompleted
+from detectors import Detector, FailureClass, SessionState, Verdict
 from detectors._loops import (
     LOOP_DETECTORS,
     AgentPingPong,
@@ -21,37 +20,16 @@ from detectors._loops import (
     RepeatedError,
     RepeatedToolCall,
 )
+from tests.detectors.sessions import T0, SessionUnderTest
 
-T0 = 1_700_000_000_000
 
-
-class Session:
+class Session(SessionUnderTest):
     """One session's events through a suite of loop detectors, with a sequence per agent."""
 
-    def __init__(self, *detectors: Detector, lateness_ms: int = 5_000) -> None:
-        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
-        self.state = SessionState("s-1")
-        self.seqs: dict[str, int] = {}
-        self.last: AgentEvent | None = None
-
-    def env(self, t: int, agent: str) -> dict[str, Any]:
-        seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
-        return {
-            "event_id": f"e-{agent[:8]}-{seq}",
-            "session_id": "s-1",
-            "agent_id": agent,
-            "tenant_id": "acme",
-            "user_id": "u-1",
-            "seq": seq,
-            "event_time_ms": T0 + t,
-        }
-
-    def send(self, event: AgentEvent) -> list[Verdict]:
-        self.last = event
-        return self.suite.observe(self.state, event).verdicts
-
     def call(self, t: int, tool: str = "search", args: str = "d", agent: str = "a1") -> list[Verdict]:
-        return self.send(ToolCalled(**self.env(t, agent), tool_name=tool, call_id=f"c{t}", args_digest=args))
+        return self.send(
+            ToolCalled(**self.envelope(t, agent), tool_name=tool, call_id=f"c{t}", args_digest=args)
+        )
 
     def result(
         self,
@@ -65,7 +43,7 @@ class Session:
     ) -> list[Verdict]:
         return self.send(
             ToolReturned(
-                **self.env(t, agent),
+                **self.envelope(t, agent),
                 tool_name=tool,
                 call_id=f"c{t}",
                 status="ok" if error is None else "error",
@@ -77,12 +55,12 @@ class Session:
         )
 
     def message(self, t: int, sender: str, to: str, digest: str) -> list[Verdict]:
-        return self.send(MessageSent(**self.env(t, sender), to_agent_id=to, content_digest=digest))
+        return self.send(MessageSent(**self.envelope(t, sender), to_agent_id=to, content_digest=digest))
 
     def turn(self, t: int, output: str | None = "o", agent: str = "a1") -> list[Verdict]:
         return self.send(
             TurnCompleted(
-                **self.env(t, agent), model="m", input_tokens=10, output_tokens=5, output_digest=output
+                **self.envelope(t, agent), model="m", input_tokens=10, output_tokens=5, output_digest=output
             )
         )
 

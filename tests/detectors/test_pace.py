@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentEvent, Heartbeat, MemoryWritten, SessionEnded, SessionStarted, TurnCompleted
-from detectors import Armed, Detector, DetectorSuite, FailureClass, SessionState, TimedDetector, Verdict
+from agents_contract import Heartbeat, MemoryWritten, SessionEnded, SessionStarted, TurnCompleted
+from detectors import Armed, FailureClass, SessionState, TimedDetector, Verdict
 from detectors._pace import PACE_DETECTORS, BurnRate, MemoryWriteAmplification, SessionDeadline
+from tests.detectors.sessions import T0, SessionUnderTest
 
-T0 = 1_700_000_000_000
 HOUR = 3_600_000
 
 
-class Session:
-    def __init__(self, *detectors: Detector | Armed, lateness_ms: int = 5_000) -> None:
-        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
-        self.state = SessionState("s-1")
-        self.seqs: dict[str, int] = {}
-
-    def envelope(self, t: int, agent: str) -> dict[str, Any]:
-        seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
-        return {
-            "event_id": f"e-{agent}-{seq}",
-            "session_id": "s-1",
-            "agent_id": agent,
-            "tenant_id": "acme",
-            "user_id": "u-1",
-            "seq": seq,
-            "event_time_ms": T0 + t,
-        }
-
-    def send(self, event: AgentEvent) -> list[Verdict]:
-        return self.suite.observe(self.state, event).verdicts
-
+class Session(SessionUnderTest):
     def start(self, t: int = 0) -> list[Verdict]:
         return self.send(SessionStarted(**self.envelope(t, "a1"), task="report"))
 

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentEvent, AgentWaiting, Heartbeat, SessionEnded, ToolCalled, TurnStarted
-from detectors import Detector, DetectorSuite, FailureClass, SessionState, TimedDetector, Verdict
+from agents_contract import AgentWaiting, Heartbeat, SessionEnded, ToolCalled, TurnStarted
+from detectors import FailureClass, SessionState, TimedDetector, Verdict
 from detectors._stalls import STALL_DETECTORS, Deadlock, Stall
+from tests.detectors.sessions import T0, SessionUnderTest
 
-T0 = 1_700_000_000_000
 
-
-class Session:
-    def __init__(self, *detectors: Detector, lateness_ms: int = 5_000) -> None:
-        self.suite = DetectorSuite(list(detectors), clock=lambda: 0, allowed_lateness_ms=lateness_ms)
-        self.state = SessionState("s-1")
-        self.seqs: dict[str, int] = {}
-
-    def envelope(self, t: int, agent: str, seq: int | None = None) -> dict[str, Any]:
-        if seq is None:
-            seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
-        return {
-            "event_id": f"e-{agent}-{seq}",
-            "session_id": "s-1",
-            "agent_id": agent,
-            "tenant_id": "acme",
-            "user_id": "u-1",
-            "seq": seq,
-            "event_time_ms": T0 + t,
-        }
-
-    def send(self, event: AgentEvent) -> list[Verdict]:
-        return self.suite.observe(self.state, event).verdicts
-
+class Session(SessionUnderTest):
     def wait(self, t: int, agent: str, on: str, seq: int | None = None) -> list[Verdict]:
         return self.send(AgentWaiting(**self.envelope(t, agent, seq), waiting_on_agent_id=on))
 
