@@ -66,6 +66,9 @@ ACK_LATENCY = Histogram(
 LAG = Gauge("tripwire_consumer_lag", "Events on agent.events not yet judged, per partition", ["partition"])
 
 
+_EXPIRE_PER_TICK = 5_000
+
+
 def _broker_urls(bootstrap: str) -> list[str]:
     return [f"{transport.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
@@ -318,8 +321,13 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             if verdict.evidence.get("scope") == "tool":
                 VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()
 
+    # The timed detectors look at every session, a slice per tick, so a tick's work stays bounded however
+    # many sessions the worker holds (a full pass takes sessions / _EXPIRE_PER_TICK ticks).
+    sweep: Iterator[SessionState] | None = None
+
     @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
     async def expire_quiet_sessions() -> None:
+        nonlocal sweep
         # Only partitions the worker has caught up on: behind a backlog (a restart, a burst) a session's
         # newer events, its end included, may be waiting to be read, and it is neither quiet nor overdue.
         owned = {
@@ -329,7 +337,16 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             and judged.get(tp.partition) is not None
             and lag(tp) <= conf.batch_max
         }
-        states = [s for s in store.states() if s.partition in owned and s.killed_by is None and not s.ended]
+        if sweep is None:
+            sweep = store.states()
+        states = []
+        for looked, state in enumerate(sweep, 1):
+            if state.partition in owned and state.killed_by is None and not state.ended:
+                states.append(state)
+            if looked == _EXPIRE_PER_TICK:
+                break
+        else:
+            sweep = None
         result = pipeline.expire(states, wall_clock())
         if result.verdicts:
             await act(result)
