@@ -296,10 +296,16 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     @app.agent(stages_topic, name="stages")
     async def judge_stages(stream: Any) -> None:
         async for batch in stream.take_events(conf.batch_max, within=conf.batch_within_ms / 1000):
-            result = stage_judge.judge(_records(batch), stage_store.lookup)
-            await act_on_stages(result)
-            stage_store.checkpoint(result.dirty)
-            STAGE_RECORDS.inc(result.records)
+            # A message holds a whole batch's records for one key: judge one message at a time and let the
+            # event loop run in between, so the session judge (the kill path) never waits behind a backlog
+            # of stage work, and its partitions' records never sit uncollected (aiokafka then holds back
+            # every fetch from the broker for 100 ms).
+            for record in _records(batch):
+                result = stage_judge.judge([record], stage_store.lookup)
+                await act_on_stages(result)
+                stage_store.checkpoint(result.dirty)
+                STAGE_RECORDS.inc(result.records)
+                await asyncio.sleep(0)
 
     async def act_on_stages(result: StageResult) -> None:
         sent: list[Any] = []
