@@ -270,19 +270,23 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     async def escalate_unacknowledged_kills() -> None:
         now = wall_clock()
         escalated: dict[str, tuple[SessionState, int]] = {}
+        pages: list[Any] = []
         for session_id in watch.due(now):
             state = store.lookup(session_id)
             if state is None or not state.awaiting_ack:
                 continue
             alert = escalation_alert(state, now, watch.timeout_ms)
-            await (await alerts_topic.send(key=session_id.encode(), value=alert.to_bytes()))
+            # Sent together, not one broker round trip each: after a mass kill (a fleet gone quiet at once)
+            # thousands fall due in the same second, and the event loop is the kill path's too.
+            pages.append(await alerts_topic.send(key=session_id.encode(), value=alert.to_bytes()))
             state.escalated_ms = now
             escalated[session_id] = (state, state.partition)
             ESCALATIONS.inc()
             log.error("%s", alert.reason)
-        # Recorded so that a restarted worker does not page again. The page goes out first: a crash between
+        # Recorded so that a restarted worker does not page again. The pages go out first: a crash between
         # the two pages twice (sinks dedupe on the alert id) rather than never.
         if escalated:
+            await asyncio.gather(*pages)
             await asyncio.gather(*store.checkpoint(escalated))
         UNACKED.set(len(watch))
         for tp in app.consumer.assignment():

@@ -25,6 +25,7 @@ import orjson
 
 from agents_contract import (
     AgentEvent,
+    SessionEnded,
     ToolCalled,
     ToolReturned,
     TurnCompleted,
@@ -89,6 +90,10 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
                     latency_ms=12.5,
                 )
         out.append(encode_event(event))
+    # A session that ends, as agents' sessions do: one left open would be killed by the stall detector
+    # once the bench has run for its quiet time (5 min), which is not what a throughput figure measures.
+    ended = {**env, "event_id": f"{session_id}-{seq0 + count}", "seq": seq0 + count}
+    out.append(encode_event(SessionEnded(**ended, event_time_ms=_T0 + seq0 + count)))
     return out
 
 
