@@ -6,6 +6,8 @@ clock stops when a sentinel session at the end of every partition is killed, whi
 before it on that partition was judged. Three rounds, median reported with the spread, because a 2-core
 machine is noisy.
 
+Detectors alone: the scenario library (20 copies) through `tripwire replay`'s code, no broker, timed.
+
 Kill latency: while a background producer sends healthy events at a fixed rate, probe agents (real SDK
 sessions) publish one breaching turn each; the SDK times the breaching event's send to the kill's arrival.
 """
@@ -36,6 +38,8 @@ from agents_contract import (
 )
 from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy, wall_clock
 from streams._kafka import RecordProducer, TopicReader
+from streams._replay import replay_lines
+from streams._scenarios import in_time_order, overrides, scenario_library
 from streams._stack import LocalStack
 
 _KILL_USD = 2_000.0
@@ -195,6 +199,17 @@ def _state_bytes(events: int) -> int:
     return len(state.to_bytes())
 
 
+def _library_rate(copies: int = 20) -> tuple[float, int]:
+    """Events/s of the detectors alone (`tripwire replay`'s code, no broker) over the scenario library, and
+    how many verdicts it gave: the cost of judging realistic traffic, every detector and stage on."""
+    library = [s for n in range(copies) for s in scenario_library(f"bench{n}")]
+    settings = DetectorSettings.model_validate(overrides(library))
+    lines = [encode_event(e) for e in in_time_order(library)]
+    started = time.perf_counter()
+    report = replay_lines(lines, settings)
+    return len(lines) / (time.perf_counter() - started), len(report.verdicts)
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -230,6 +245,7 @@ async def _bench(
         "broker": broker,
         "cpus": os.cpu_count(),
         "state_bytes_per_session": {str(n): _state_bytes(n) for n in (10, 100, 1_000)},
+        "scenario_library_replay": dict(zip(("events_per_s", "verdicts"), _library_rate(), strict=True)),
         "throughput": {
             "events_per_round": events,
             "rounds_events_per_s": [round(x) for x in rates],
@@ -282,4 +298,9 @@ def run_bench(
     )
     sizes = ", ".join(f"{b:,} B after {n} events" for n, b in report["state_bytes_per_session"].items())
     print(f"session state (changelog record): {sizes}")
+    lib = report["scenario_library_replay"]
+    print(
+        f"detectors alone over the scenario library (replay, no broker): "
+        f"{lib['events_per_s']:,.0f} events/s, {lib['verdicts']} verdicts"
+    )
     return 0
