@@ -21,6 +21,7 @@ import orjson
 from agents_contract import AgentEvent, MemoryRead, MemoryWritten, ToolReturned, TurnCompleted
 from detectors._suite import Armed
 from detectors._verdict import FailureClass, Verdict
+from detectors._window import tally
 
 _DAY_MS: Final = 86_400_000
 # The rolling agent budget is kept as this many spend buckets, and the tool circuit's window likewise.
@@ -56,22 +57,12 @@ class StageRecord:
     def routing_key(self) -> bytes:
         return f"{self.stage}:{self.key}".encode()
 
+    def fields(self) -> list[Any]:
+        """The record as a JSON-able list, in field order (its wire form, and how stage state keeps it)."""
+        return [getattr(self, name) for name in StageRecord.__slots__]
+
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.stage,
-                self.key,
-                self.event_id,
-                self.session_id,
-                self.tenant_id,
-                self.user_id,
-                self.agent_id,
-                self.seq,
-                self.event_time_ms,
-                self.kind,
-                self.values,
-            ]
-        )
+        return orjson.dumps(self.fields())
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> StageRecord:
@@ -112,9 +103,7 @@ def pack_stage_records(records: Iterable[StageRecord]) -> list[tuple[bytes, byte
     each would cost the stage more than the judging."""
     grouped: dict[bytes, list[list[Any]]] = {}
     for record in records:
-        grouped.setdefault(record.routing_key, []).append(
-            [getattr(record, name) for name in StageRecord.__slots__]
-        )
+        grouped.setdefault(record.routing_key, []).append(record.fields())
     return [(key, orjson.dumps(items)) for key, items in grouped.items()]
 
 
@@ -277,19 +266,6 @@ class TenantDailyBudget:
         ]
 
 
-def _add(buckets: list[list[Any]], start: int, *amounts: float) -> None:
-    """Add `amounts` to the bucket starting at `start`, keeping the buckets in time order."""
-    at = len(buckets)
-    while at and buckets[at - 1][0] > start:
-        at -= 1
-    if at and buckets[at - 1][0] == start:
-        bucket = buckets[at - 1]
-        for i, amount in enumerate(amounts, 1):
-            bucket[i] = round(bucket[i] + amount, 6)
-        return
-    buckets.insert(at, [start, *amounts])
-
-
 def _slide(buckets: list[list[Any]], end_ms: int, span_ms: int) -> None:
     while buckets and buckets[0][0] <= end_ms - span_ms:
         del buckets[0]
@@ -317,7 +293,7 @@ class AgentRollingBudget:
             return []
         state["newest"] = newest
         buckets: list[list[Any]] = state.setdefault("buckets", [])
-        _add(buckets, record.event_time_ms - record.event_time_ms % self._bucket_ms, usd)
+        tally(buckets, record.event_time_ms - record.event_time_ms % self._bucket_ms, usd)
         _slide(buckets, newest, self.window_ms)
         spent = round(sum(b[1] for b in buckets), 6)
         if spent <= self.max_cost_usd:
@@ -384,7 +360,7 @@ class ToolCircuit:
         if t <= newest - self.window_ms:
             return []
         state["newest"] = newest
-        _add(buckets, t - t % self._bucket_ms, 1, 0 if ok else 1)
+        tally(buckets, t - t % self._bucket_ms, 1, 0 if ok else 1)
         _slide(buckets, newest, self.window_ms)
         calls = sum(int(b[1]) for b in buckets)
         errors = sum(int(b[2]) for b in buckets)
@@ -436,10 +412,6 @@ class ToolCircuit:
 _EARLY_READERS: Final = 4
 
 
-def _fields(record: StageRecord) -> list[Any]:
-    return [getattr(record, name) for name in StageRecord.__slots__]
-
-
 def _same_owner(a: StageRecord, b: StageRecord) -> bool:
     return a.tenant_id == b.tenant_id and a.user_id == b.user_id
 
@@ -453,13 +425,32 @@ class _Ownership:
     def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
         raise NotImplementedError
 
+    def _leak_verdict(self, owner: StageRecord, reader: StageRecord, reason: str, **evidence: Any) -> Verdict:
+        """The verdict on `reader`'s session: both sessions named, the owner's write among the events."""
+        return _verdict(
+            self.name,
+            FailureClass.MEMORY_CORRUPTION,
+            reader,
+            reason=reason,
+            observed=1,
+            threshold=0,
+            window=(reader.event_time_ms, reader.event_time_ms),
+            event_ids=[owner.event_id],
+            owner_session_id=owner.session_id,
+            owner_tenant_id=owner.tenant_id,
+            owner_user_id=owner.user_id,
+            owner_event_id=owner.event_id,
+            reader_session_id=reader.session_id,
+            **evidence,
+        )
+
     @staticmethod
     def owner(state: dict[str, Any]) -> StageRecord | None:
         fields = state.get("owner")
         return StageRecord(*fields) if fields else None
 
     def _write(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
-        state["owner"] = _fields(record)
+        state["owner"] = record.fields()
         early: list[list[Any]] = state.pop("readers", [])
         found: list[Verdict] = []
         for entry in early:
@@ -471,7 +462,7 @@ class _Ownership:
     def _read(self, state: dict[str, Any], owner: StageRecord | None, record: StageRecord) -> list[Verdict]:
         if owner is None:
             readers: list[Any] = state.setdefault("readers", [])
-            readers.append(_fields(record))
+            readers.append(record.fields())
             del readers[:-_EARLY_READERS]
             return []
         # A read from before the write (judged after it) cannot have seen what was written.
@@ -508,30 +499,15 @@ class ContentOwnership(_Ownership):
         return []
 
     def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
-        tenant, user, session, event_id = owner.tenant_id, owner.user_id, owner.session_id, owner.event_id
         values = reader.values
         where = f"tool {values['tool']}'s result" if "tool" in values else "a memory read"
-        scope = "tenant" if tenant != reader.tenant_id else "user"
-        return _verdict(
-            self.name,
-            FailureClass.MEMORY_CORRUPTION,
-            reader,
-            reason=(
-                f"content written in session {session} (another {scope}: {tenant}/{user}) surfaced in "
-                f"{where} of this session ({reader.tenant_id}/{reader.user_id})"
-            ),
-            observed=1,
-            threshold=0,
-            window=(reader.event_time_ms, reader.event_time_ms),
-            event_ids=[event_id],
-            fingerprint=reader.key,
-            owner_session_id=session,
-            owner_tenant_id=tenant,
-            owner_user_id=user,
-            owner_event_id=event_id,
-            reader_session_id=reader.session_id,
-            crosses=scope,
-            store=values.get("store"),
+        scope = "tenant" if owner.tenant_id != reader.tenant_id else "user"
+        reason = (
+            f"content written in session {owner.session_id} (another {scope}: {owner.tenant_id}/"
+            f"{owner.user_id}) surfaced in {where} of this session ({reader.tenant_id}/{reader.user_id})"
+        )
+        return self._leak_verdict(
+            owner, reader, reason, fingerprint=reader.key, crosses=scope, store=values.get("store")
         )
 
 
@@ -561,25 +537,9 @@ class MemoryNamespace(_Ownership):
         return [self._leak(owner, record)]
 
     def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
-        tenant, user, session, event_id = owner.tenant_id, owner.user_id, owner.session_id, owner.event_id
         access = "read" if reader.values.get("read") else "overwrote"
-        return _verdict(
-            self.name,
-            FailureClass.MEMORY_CORRUPTION,
-            reader,
-            reason=(
-                f"this session ({reader.tenant_id}/{reader.user_id}) {access} memory key {reader.key}, "
-                f"which belongs to {tenant}/{user} (first written in session {session})"
-            ),
-            observed=1,
-            threshold=0,
-            window=(reader.event_time_ms, reader.event_time_ms),
-            event_ids=[event_id],
-            memory_key=reader.key,
-            access=access,
-            owner_session_id=session,
-            owner_tenant_id=tenant,
-            owner_user_id=user,
-            owner_event_id=event_id,
-            reader_session_id=reader.session_id,
+        reason = (
+            f"this session ({reader.tenant_id}/{reader.user_id}) {access} memory key {reader.key}, which "
+            f"belongs to {owner.tenant_id}/{owner.user_id} (first written in session {owner.session_id})"
         )
+        return self._leak_verdict(owner, reader, reason, memory_key=reader.key, access=access)

@@ -17,20 +17,10 @@ from detectors._stalls import duration
 from detectors._state import SessionState
 from detectors._suite import Detector, verdict
 from detectors._verdict import FailureClass, Verdict
-from detectors._window import insert, slide, slot
+from detectors._window import insert, slide, slot, tally
 
 # The burn-rate window is kept as this many spend buckets, however many turns fall into it.
 _BUCKETS: Final = 16
-
-
-def _add(buckets: list[list[float]], start: int, usd: float) -> None:
-    for bucket in reversed(buckets):
-        if bucket[0] == start:
-            bucket[1] = round(bucket[1] + usd, 6)
-            return
-        if bucket[0] < start:
-            break
-    insert(buckets, [start, round(usd, 6)])
 
 
 class BurnRate:
@@ -69,7 +59,7 @@ class BurnRate:
             return None
         # Entries are [bucket start, spend in the bucket]: bounded by the window, not by the turn rate.
         buckets: list[list[float]] = slot(state, self.name, [])
-        _add(buckets, event.event_time_ms - event.event_time_ms % self._bucket_ms, event.cost_usd)
+        tally(buckets, event.event_time_ms - event.event_time_ms % self._bucket_ms, event.cost_usd)
         slide(buckets, state.last_event_ms, self.window_ms, limit=_BUCKETS + 1)
         spend = sum(bucket[1] for bucket in buckets)
         spent = state.cost_usd

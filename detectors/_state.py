@@ -58,6 +58,13 @@ class SessionState:
     def awaiting_ack(self) -> bool:
         return self.killed_by is not None and not self.acked_ms and not self.escalated_ms
 
+    def first_verdict(self, detector: str) -> bool:
+        """True the first time `detector` gives a verdict on this session (recorded); False after."""
+        if detector in self.fired:
+            return False
+        self.fired.append(detector)
+        return True
+
     def accept(self, agent_id: str, seq: int) -> bool:
         """True the first time (agent_id, seq) is seen; False for a replay or one too far behind to tell."""
         window = self.seen.get(agent_id)

@@ -116,9 +116,6 @@ class DetectorSuite:
             entry[1][kind] = chosen
         return chosen
 
-    def detectors_for(self, tenant_id: str, agent_id: str) -> DetectorSet:
-        return self._policy(tenant_id, agent_id)
-
     def observe(self, state: SessionState, event: AgentEvent) -> Observation:
         if not state.accept(event.agent_id, event.seq):
             return _DUPLICATE
@@ -155,10 +152,7 @@ class DetectorSuite:
 
     @staticmethod
     def _give(state: SessionState, verdict: Verdict, mode: Mode) -> Verdict | None:
-        if verdict.detector in state.fired:
-            return None
-        state.fired.append(verdict.detector)
-        return replace(verdict, mode=mode)
+        return replace(verdict, mode=mode) if state.first_verdict(verdict.detector) else None
 
 
 def verdict(

@@ -32,6 +32,20 @@ def slide(entries: list[list[Any]], end_ms: int, span_ms: int, *, limit: int | N
         del entries[:drop]
 
 
+def tally(buckets: list[list[Any]], start: int, *amounts: float) -> None:
+    """Add `amounts` to the bucket `[start, *totals]` (rounded to 6 places), created in time order if new:
+    a window kept as a fixed number of buckets, however many events fall into it."""
+    at = len(buckets)
+    while at and buckets[at - 1][0] > start:
+        at -= 1
+    if at and buckets[at - 1][0] == start:
+        bucket = buckets[at - 1]
+        for i, amount in enumerate(amounts, 1):
+            bucket[i] = round(bucket[i] + amount, 6)
+        return
+    buckets.insert(at, [start, *(round(amount, 6) for amount in amounts)])
+
+
 def insert(entries: list[list[Any]], entry: list[Any]) -> None:
     """Add an entry in event-time order (an out-of-order event within the lateness goes where it belongs)."""
     at = len(entries)

@@ -7,7 +7,7 @@ checkpoints every session state the batch changed to the table's changelog, once
 own topic and table the same way; timers run the timed detectors, escalate unacknowledged kills and pick up
 changes to the detector config. A crash anywhere before (5) replays the batch; the replay filter in the
 session state and the stable command ids make that harmless. State is a Faust table whose values are live
-`SessionState` objects while the worker runs and changelog bytes after recovery; `_SessionStore` hides the
+`SessionState` objects while the worker runs and changelog bytes after recovery; `_LiveStore` hides the
 difference.
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import faust
 import orjson
@@ -36,7 +36,7 @@ from detectors import (
 from streams import _transport as transport
 from streams._config import ConfigError, Settings, load_settings
 from streams._pipeline import BatchResult, Pipeline, RawRecord
-from streams._stages import StageJudge, StageResult, encode_state
+from streams._stages import StageJudge, StageResult
 from streams._watch import KillWatch, escalation_alert
 
 log = logging.getLogger("tripwire.worker")
@@ -73,62 +73,45 @@ def _broker_urls(bootstrap: str) -> list[str]:
     return [f"{transport.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
-class _SessionStore:
-    """Session state over the Faust table's store: decode once, keep the live object, checkpoint bytes."""
+S = TypeVar("S")
 
-    def __init__(self, table: Any) -> None:
+
+class _LiveStore(Generic[S]):
+    """State over a Faust table's store: decoded once into a live object that the worker mutates, written
+    back as bytes to the changelog at checkpoints. After recovery the table holds bytes; this hides that."""
+
+    def __init__(
+        self, table: Any, live: type[S], decode: Callable[[bytes], S], encode: Callable[[S], bytes]
+    ) -> None:
         self._table = table
+        self._live = live
+        self._decode = decode
+        self._encode = encode
 
-    def lookup(self, session_id: str) -> SessionState | None:
+    def lookup(self, key: str) -> S | None:
         data = self._table.data
-        key = session_id.encode()
-        value = data.get(key)
-        if value is None or isinstance(value, SessionState):
+        raw = key.encode()
+        value = data.get(raw)
+        if value is None or isinstance(value, self._live):
             return value
-        state = SessionState.from_bytes(value)
-        data[key] = state
+        state = self._decode(value)
+        data[raw] = state
         return state
 
-    def states(self) -> Iterator[SessionState]:
+    def states(self) -> Iterator[S]:
         for key in list(self._table.data.keys()):
             state = self.lookup(key.decode())
             if state is not None:
                 yield state
 
-    def checkpoint(self, dirty: dict[str, tuple[SessionState, int]]) -> list[Any]:
+    def checkpoint(self, dirty: dict[str, tuple[S, int]]) -> list[Any]:
         """Write the states to the table and queue their changelog records; returns the send futures."""
-        data = self._table.data
-        sent = []
-        for session_id, (state, partition) in dirty.items():
-            key = session_id.encode()
-            data[key] = state
-            sent.append(self._table.send_changelog(partition, key, state.to_bytes()))
-        return sent
-
-
-class _StageStore:
-    """Keyed-stage state over its Faust table: live dicts while running, JSON bytes in the changelog."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-
-    def lookup(self, key: str) -> dict[str, Any] | None:
-        data = self._table.data
-        raw = key.encode()
-        value = data.get(raw)
-        if value is None or isinstance(value, dict):
-            return value
-        state: dict[str, Any] = orjson.loads(value)
-        data[raw] = state
-        return state
-
-    def checkpoint(self, dirty: dict[str, tuple[dict[str, Any], int]]) -> list[Any]:
         data = self._table.data
         sent = []
         for key, (state, partition) in dirty.items():
             raw = key.encode()
             data[raw] = state
-            sent.append(self._table.send_changelog(partition, raw, encode_state(state)))
+            sent.append(self._table.send_changelog(partition, raw, self._encode(state)))
         return sent
 
 
@@ -192,8 +175,8 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         verdicts_topic=topics.verdicts,
     )
     stage_judge = StageJudge(settings.detectors, signer, wall_clock)
-    store = _SessionStore(table)
-    stage_store = _StageStore(stage_table)
+    store = _LiveStore(table, SessionState, SessionState.from_bytes, SessionState.to_bytes)
+    stage_store: _LiveStore[dict[str, Any]] = _LiveStore(stage_table, dict, orjson.loads, orjson.dumps)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
 
     async def act(result: BatchResult) -> None:

@@ -165,9 +165,8 @@ class Pipeline:
         if state is None:
             # The stage saw the session's event, so its state exists unless it expired since: judge anyway.
             state = SessionState(sid, tenant_id=tenant_id, user_id=user_id, partition=record.partition)
-        if state.killed_by is not None or verdict.detector in state.fired:
+        if state.killed_by is not None or not state.first_verdict(verdict.detector):
             return
-        state.fired.append(verdict.detector)
         result.dirty[sid] = (state, record.partition)
         self._act(verdict, state, agent_id, result)
 

@@ -84,10 +84,9 @@ class Replay:
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            time_ms = _event_time(line)
+            time_ms, key = _peek(line)
             if time_ms is not None and time_ms > self.now_ms:
                 self.advance(time_ms)
-            key = _session_key(line)
             self._judge([RawRecord(key, line, 0, number)])
         return self.report
 
@@ -132,20 +131,20 @@ def _action(verdict: Verdict, *, tool: bool = False) -> str:
     return "warned"
 
 
-def _event_time(line: bytes) -> int | None:
+def _peek(line: bytes) -> tuple[int | None, bytes | None]:
+    """The line's event time and its session id as the record key an agent would give it; (None, None)
+    for a line that is not a JSON object (the pipeline dead-letters it with the reason)."""
     try:
-        value = orjson.loads(line).get("event_time_ms")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value if isinstance(value, int) and value >= 0 else None
-
-
-def _session_key(line: bytes) -> bytes | None:
-    try:
-        value = orjson.loads(line).get("session_id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return value.encode() if isinstance(value, str) else None
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    time_ms, session_id = data.get("event_time_ms"), data.get("session_id")
+    return (
+        time_ms if isinstance(time_ms, int) and not isinstance(time_ms, bool) and time_ms >= 0 else None,
+        session_id.encode() if isinstance(session_id, str) else None,
+    )
 
 
 def replay_lines(lines: Iterable[bytes], settings: DetectorSettings, *, horizon_ms: int = 0) -> ReplayReport:

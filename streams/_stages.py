@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
-
 from agents_contract import CommandSigner, KillCommand
 from detectors import (
     Clock,
@@ -162,7 +160,3 @@ class StageJudge:
                 status="resolved" if closed else "firing",
             )
         )
-
-
-def encode_state(state: dict[str, Any]) -> bytes:
-    return orjson.dumps(state)
