@@ -323,17 +323,21 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         nonlocal sweep
         # Only partitions the worker has caught up on: behind a backlog (a restart, a burst) a session's
         # newer events, its end included, may be waiting to be read, and it is neither quiet nor overdue.
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topics.events]
         owned = {
             tp.partition
-            for tp in app.consumer.assignment()
-            if tp.topic == topics.events
-            and judged.get(tp.partition) is not None
-            and lag(tp) <= conf.batch_max
+            for tp in assigned
+            if judged.get(tp.partition) is not None and lag(tp) <= conf.batch_max
         }
+        mine = {tp.partition for tp in assigned}
         if sweep is None:
             sweep = store.states()
         states = []
         for looked, state in enumerate(sweep, 1):
+            # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
+            # missed (its partition still recovering, or held by a member that had died) is watched now.
+            if state.awaiting_ack and state.partition in mine:
+                watch.track(state)
             if state.partition in owned and state.killed_by is None and not state.ended:
                 states.append(state)
             if looked == _EXPIRE_PER_TICK:
