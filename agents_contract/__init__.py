@@ -13,6 +13,7 @@ from agents_contract._commands import (
 )
 from agents_contract._events import (
     EVENT_KINDS,
+    MAX_EVENT_BYTES,
     SCHEMA_VERSION,
     AgentEvent,
     AgentWaiting,
@@ -32,7 +33,7 @@ from agents_contract._events import (
     event_json_schema,
     parse_event,
 )
-from agents_contract._fence import Fence
+from agents_contract._fence import Fence, FenceError
 from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._schema import contract_json_schema
 from agents_contract._sdk import (
@@ -44,9 +45,13 @@ from agents_contract._sdk import (
     Turn,
     digest,
 )
+from agents_contract._text import MAX_ID, MAX_REASON, bounded_evidence, clip, clip_id
 
 __all__ = [
     "EVENT_KINDS",
+    "MAX_EVENT_BYTES",
+    "MAX_ID",
+    "MAX_REASON",
     "SCHEMA_VERSION",
     "AgentEvent",
     "AgentGuard",
@@ -55,6 +60,7 @@ __all__ = [
     "ContractError",
     "ControlAck",
     "Fence",
+    "FenceError",
     "GuardedSession",
     "Heartbeat",
     "KillCommand",
@@ -71,7 +77,10 @@ __all__ = [
     "Turn",
     "TurnCompleted",
     "TurnStarted",
+    "bounded_evidence",
     "canonical_digest",
+    "clip",
+    "clip_id",
     "contract_json_schema",
     "digest",
     "encode_command",

@@ -33,6 +33,8 @@ class KillCommand(BaseModel):
     command_id: _Id
     scope: Scope = "session"
     target: _Id
+    # For a `tool` command: the tenant whose agents it applies to (None: every agent, a fleet-wide circuit).
+    tenant_id: _Id | None = None
     reason: Annotated[str, Field(max_length=1024)]
     detector: _Id
     evidence: dict[str, Any] = Field(default_factory=dict)
@@ -60,7 +62,7 @@ class CommandSigner:
         self._key = material
 
     def _mac(self, command: KillCommand) -> str:
-        body = orjson.dumps(command.model_dump(exclude={"signature"}), option=orjson.OPT_SORT_KEYS)
+        body = orjson.dumps(_wire(command, exclude={"signature"}), option=orjson.OPT_SORT_KEYS)
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
     def sign(self, command: KillCommand) -> KillCommand:
@@ -70,8 +72,16 @@ class CommandSigner:
         return bool(command.signature) and hmac.compare_digest(command.signature, self._mac(command))
 
 
+def _wire(command: KillCommand, *, exclude: set[str] | None = None) -> dict[str, Any]:
+    # `tenant_id` is left out when unset, so session commands read (and verify) as they did before it.
+    skip = set(exclude or ())
+    if command.tenant_id is None:
+        skip.add("tenant_id")
+    return command.model_dump(exclude=skip)
+
+
 def encode_command(command: KillCommand) -> bytes:
-    return orjson.dumps(command.model_dump())
+    return orjson.dumps(_wire(command))
 
 
 def parse_command(raw: bytes) -> KillCommand:

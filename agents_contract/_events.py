@@ -34,7 +34,11 @@ class ContractError(ValueError):
 
 
 class _Envelope(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    # Strict: `seq: true`, `"123456"` or `42.0` is not a number on the wire (lax mode would take all three),
+    # and an integer-valued float for a time is refused alike, by the worker and by replay.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True, strict=True
+    )
 
     schema_version: Literal[1] = SCHEMA_VERSION
     event_id: _Id

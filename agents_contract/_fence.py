@@ -11,6 +11,11 @@ from __future__ import annotations
 from typing import Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents_contract._commands import KillCommand, encode_command, parse_command
 
@@ -18,11 +23,24 @@ _PREFIX: Final = "tripwire:fence:session:"
 _READY: Final = "tripwire:worker:ready:"
 
 
+FenceError = RedisError
+"""What the fence raises when Redis cannot be reached (after its own retries)."""
+
+
 class Fence:
     """Killed sessions in Redis, keyed by session_id; the value is the signed kill command."""
 
     def __init__(self, url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        # A dropped connection (a Redis restart, a failover) is re-made and the command retried a few times
+        # with backoff before an error reaches the caller, so a blip is not an outage.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError],
+            health_check_interval=30,
+        )
         self._ttl_s = ttl_s
 
     async def close(self) -> None:

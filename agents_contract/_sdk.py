@@ -128,7 +128,8 @@ class ToolCircuits:
     def __init__(self, signer: CommandSigner, *, clock: Callable[[], float] = time.time) -> None:
         self._signer = signer
         self._clock = clock
-        self._circuits: dict[str, _Circuit] = {}
+        # (tenant_id, tool): "" for the fleet-wide circuit of a tool, a tenant id for that tenant's own.
+        self._circuits: dict[tuple[str, str], _Circuit] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -137,7 +138,8 @@ class ToolCircuits:
         """Apply a `tool`-scope command; True when it opened or closed a circuit."""
         if command.scope != "tool" or not self._signer.verify(command):
             return False
-        tool, evidence = command.target, command.evidence
+        key, evidence = (command.tenant_id or "", command.target), command.evidence
+        tool = command.target
         action, generation = evidence.get("circuit"), _count(evidence.get("generation"))
         open_ms = _count(evidence.get("open_ms"))
         if action not in ("open", "closed") or generation is None or (action == "open" and open_ms is None):
@@ -145,16 +147,17 @@ class ToolCircuits:
                 "ignored tool command %s: evidence %r is not a circuit change", command.command_id, evidence
             )
             return False
-        current = self._circuits.get(tool)
+        current = self._circuits.get(key)
         if action == "open" and open_ms is not None:
             if current is not None and generation <= current.generation:
                 return False
             until = command.issued_at_ms + open_ms
-            self._circuits[tool] = _Circuit(generation, open_ms, until)
+            self._circuits[key] = _Circuit(generation, open_ms, until)
             log.warning(
-                "tool %s circuit opened until %d ms by %s (generation %d): %s",
+                "tool %s circuit opened until %d ms%s by %s (generation %d): %s",
                 tool,
                 until,
+                f" for tenant {key[0]}" if key[0] else "",
                 command.detector,
                 generation,
                 command.reason,
@@ -162,42 +165,57 @@ class ToolCircuits:
             return True
         if current is None:
             # Remembered, so that an older open arriving after it is known to be older.
-            self._circuits[tool] = _Circuit(generation, 0, None)
+            self._circuits[key] = _Circuit(generation, 0, None)
             return False
         if generation < current.generation or (generation == current.generation and current.until_ms is None):
             return False
         was_open = current.until_ms is not None
-        self._circuits[tool] = _Circuit(generation, current.open_ms, None)
+        self._circuits[key] = _Circuit(generation, current.open_ms, None)
         if was_open:
             log.warning("tool %s circuit closed by %s (generation %d)", tool, command.detector, generation)
         return was_open
 
-    def state(self, tool: str) -> Literal["closed", "open", "half_open"]:
-        circuit = self._circuits.get(tool)
-        if circuit is None or circuit.until_ms is None:
-            return "closed"
-        return "open" if self._now_ms() < circuit.until_ms else "half_open"
+    def _circuit_for(self, tool: str, tenant_id: str) -> tuple[tuple[str, str], _Circuit] | None:
+        """The circuit that governs `tool` for `tenant_id`: the fleet's when it is not closed, else the
+        tenant's own."""
+        found = None
+        for key in (("", tool), (tenant_id, tool)) if tenant_id else (("", tool),):
+            circuit = self._circuits.get(key)
+            if circuit is not None and circuit.until_ms is not None:
+                return key, circuit
+            found = found or (None if circuit is None else (key, circuit))
+        return found
 
-    def admit(self, tool: str) -> int | None:
+    def state(self, tool: str, tenant_id: str = "") -> Literal["closed", "open", "half_open"]:
+        found = self._circuit_for(tool, tenant_id)
+        if found is None or found[1].until_ms is None:
+            return "closed"
+        return "open" if self._now_ms() < found[1].until_ms else "half_open"
+
+    def admit(self, tool: str, tenant_id: str = "") -> tuple[tuple[str, str], int] | None:
         """Let one call of `tool` through or raise `ToolCircuitOpen`. Returns None for a closed circuit, and
-        for the probe of a half-open one its generation, which the caller must hand to `settle`."""
-        circuit = self._circuits.get(tool)
-        if circuit is None or circuit.until_ms is None:
+        for the probe of a half-open one a token, which the caller must hand to `settle`."""
+        found = self._circuit_for(tool, tenant_id)
+        if found is None or found[1].until_ms is None:
             return None
+        key, circuit = found
+        assert circuit.until_ms is not None
         if self._now_ms() < circuit.until_ms or circuit.probing:
             raise ToolCircuitOpen(tool, circuit.until_ms)
         circuit.probing = True
-        return circuit.generation
+        return key, circuit.generation
 
-    def settle(self, tool: str, generation: int, *, ok: bool | None) -> None:
+    def settle(self, token: tuple[tuple[str, str], int], *, ok: bool | None) -> None:
         """Report the probe's outcome: True closes, False re-opens, None (the call was cancelled or its
         session killed, which says nothing about the tool) lets the next call probe."""
-        circuit = self._circuits.get(tool)
+        key, generation = token
+        circuit = self._circuits.get(key)
         if circuit is None or circuit.generation != generation or not circuit.probing:
             return  # a command changed the circuit while the probe ran; the command wins
         circuit.probing = False
         if circuit.until_ms is None or ok is None:
             return
+        tool = key[1]
         if ok:
             circuit.until_ms = None
             log.warning("tool %s circuit closed: a probe call succeeded", tool)
@@ -384,7 +402,7 @@ class GuardedSession:
         (`ToolCircuitOpen`, nothing published), cancelled by a kill, timed and reported."""
         self._gate()
         circuits = self._guard.tool_circuits
-        probe = circuits.admit(tool_name)
+        probe = circuits.admit(tool_name, self.tenant_id)
         outcome: bool | None = None
         try:
             call_id = uuid.uuid4().hex
@@ -420,7 +438,7 @@ class GuardedSession:
                 )
         finally:
             if probe is not None:
-                circuits.settle(tool_name, probe, ok=outcome)
+                circuits.settle(probe, ok=outcome)
 
     def turn(self, model: str) -> Turn:
         """Guard one LLM turn: `async with session.turn("gpt-4o") as turn: ...; turn.record(...)`."""

@@ -30,9 +30,11 @@ from detectors._loops import (
 from detectors._pace import BurnRate, MemoryWriteAmplification, SessionDeadline
 from detectors._settings import (
     DetectorSettings,
+    IntakeSettings,
     KeyProblems,
     build_keyed_policy,
     build_policy,
+    build_suite,
     keyed_detectors,
     session_detectors,
 )
@@ -73,6 +75,7 @@ __all__ = [
     "ErrorBurst",
     "ErrorPropagation",
     "FailureClass",
+    "IntakeSettings",
     "KeyProblems",
     "KeyedDetector",
     "KeyedPolicy",
@@ -98,6 +101,7 @@ __all__ = [
     "Verdict",
     "build_keyed_policy",
     "build_policy",
+    "build_suite",
     "ceilings",
     "keyed_detectors",
     "pack_stage_records",

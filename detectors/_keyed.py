@@ -131,8 +131,11 @@ def _record(stage: str, key: str, event: AgentEvent, **values: Any) -> StageReco
     )
 
 
-def stage_records(event: AgentEvent, stages: frozenset[str]) -> list[StageRecord]:
-    """The records the switched-on `stages` need of one session event (none for most events)."""
+def stage_records(
+    event: AgentEvent, stages: frozenset[str], *, fleet_tools: bool = False
+) -> list[StageRecord]:
+    """The records the switched-on `stages` need of one session event (none for most events). Tool
+    circuits are keyed by tenant and tool, or by tool alone when `fleet_tools` (one circuit for all)."""
     out: list[StageRecord] = []
     if isinstance(event, TurnCompleted):
         if event.cost_usd > 0:
@@ -143,8 +146,17 @@ def stage_records(event: AgentEvent, stages: frozenset[str]) -> list[StageRecord
                 out.append(_record(AGENT_BUDGET, key, event, usd=event.cost_usd))
     elif isinstance(event, ToolReturned):
         if TOOL_CIRCUIT in stages:
+            key = event.tool_name if fleet_tools else f"{event.tenant_id}/{event.tool_name}"
             out.append(
-                _record(TOOL_CIRCUIT, event.tool_name, event, ok=event.status == "ok", error=event.error_type)
+                _record(
+                    TOOL_CIRCUIT,
+                    key,
+                    event,
+                    ok=event.status == "ok",
+                    error=event.error_type,
+                    tool=event.tool_name,
+                    fleet=fleet_tools,
+                )
             )
         if MEMORY_LEAK in stages and event.fingerprints:
             out.extend(
@@ -383,19 +395,21 @@ class ToolCircuit:
         return self._change(state, record, "open", why)
 
     def _change(self, state: dict[str, Any], record: StageRecord, circuit: str, why: str) -> Verdict:
-        tool = record.key
+        tool = str(record.values.get("tool") or record.key)
+        fleet = record.values.get("fleet", True) is not False
         calls, errors, since = state.get("tripped") or [0, 0, record.event_time_ms]
         action = f"opened for {self.open_ms / 1000:g} s" if circuit == "open" else "closed"
         return _verdict(
             self.name,
             FailureClass.CASCADING_FAILURE,
             record,
-            reason=f"tool {tool} circuit {action}: {why}",
+            reason=f"tool {tool} circuit {action}{'' if fleet else f' for tenant {record.tenant_id}'}: {why}",
             observed=round(errors / calls, 4) if calls else 0.0,
             threshold=self.error_ratio,
             window=(min(since, record.event_time_ms), record.event_time_ms),
             scope="tool",
             tool=tool,
+            circuit_tenant_id=None if fleet else record.tenant_id,
             circuit=circuit,
             generation=int(state["generation"]),
             open_ms=self.open_ms,

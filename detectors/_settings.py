@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cache
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,7 +38,7 @@ from detectors._loops import (
 )
 from detectors._pace import BurnRate, MemoryWriteAmplification, SessionDeadline
 from detectors._stalls import Deadlock, Stall
-from detectors._suite import Armed, Detector, DetectorSet, Policy
+from detectors._suite import Armed, Clock, Detector, DetectorSet, DetectorSuite, Policy
 from detectors._verdict import Mode
 
 _Positive = Annotated[int, Field(ge=1)]
@@ -162,6 +162,10 @@ class AgentBudgetSettings(_Section):
 
 
 class ToolCircuitSettings(_Section):
+    # `tenant`: one circuit per tenant and tool, opened by that tenant's errors and refusing the tool to that
+    # tenant's agents only; `fleet`: one circuit per tool for everyone (one tenant's errors switch the tool
+    # off for all). Read from the top-level section only.
+    scope: Literal["tenant", "fleet"] = "tenant"
     window_s: _Seconds = 60.0
     min_calls: Annotated[int, Field(ge=1)] = 20
     error_ratio: _Ratio = 0.5
@@ -177,12 +181,33 @@ class MemoryNamespaceSettings(_Section):
     shared_stores: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
 
 
+class IntakeSettings(_Section):
+    """What an event may claim before it is believed: bounds on its time and its values. An event time is
+    the agent's clock, and one absurd value must not steer every window of a session or a tenant."""
+
+    # An event dated further ahead of the worker's clock than this is judged as happening now.
+    max_future_skew_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0
+    # The first event of a session dated further back than this is judged as happening now; a later event
+    # dated before its session's first event by more than `allowed_lateness_ms` is judged at that start.
+    max_event_age_s: Annotated[float, Field(gt=0, le=366 * 86_400)] = 30 * 86_400.0
+    # One model turn costing or using more than this is not believed: dead-lettered with the reason.
+    max_turn_cost_usd: _Usd = 100.0
+    max_turn_tokens: Annotated[int, Field(ge=1, le=10**12)] = 5_000_000
+    # Emitters tracked per session by the replay filter; events of further agent_ids are still judged,
+    # deduplicated by event_id only (a session cannot grow its state without limit by inventing agents).
+    max_agents_per_session: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # A seq this far from its emitter's newest, either way, starts a new epoch for that emitter instead of
+    # moving (or hiding under) its high mark. The SDK counts microseconds, so 2**40 is ~12 days.
+    max_seq_jump: Annotated[int, Field(ge=64, le=2**62)] = 2**40
+
+
 class DetectorSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # Windows follow event time; an event older than the session's newest by more than this is counted in
     # totals but left out of windows that have moved past it.
     allowed_lateness_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5_000
+    intake: IntakeSettings = IntakeSettings()
     session_budget: SessionBudget = SessionBudget()
     repeated_tool_call: RepeatedToolCallSettings = RepeatedToolCallSettings()
     cyclic_pattern: CyclicPatternSettings = CyclicPatternSettings()
@@ -229,7 +254,7 @@ class DetectorSettings(BaseModel):
         problems: list[str] = []
         for scope, table in (("tenants", self.tenants), ("agents", self.agents)):
             for name, override in table.items():
-                for key in ("tenants", "agents", "allowed_lateness_ms"):
+                for key in ("tenants", "agents", "allowed_lateness_ms", "intake"):
                     if key in override:
                         problems.append(f"{scope}.{name}.{key}: cannot be overridden per {scope[:-1]}")
                 try:
@@ -364,6 +389,18 @@ def _layered(settings: DetectorSettings, arm: Callable[[DetectorSettings], S]) -
 def build_policy(settings: DetectorSettings) -> Policy:
     """The session-keyed detectors for each (tenant_id, agent_id)."""
     return _layered(settings, session_detectors)
+
+
+def build_suite(settings: DetectorSettings, clock: Clock) -> DetectorSuite:
+    """The suite these settings describe: the worker and `tripwire replay` build it here, the same way."""
+    intake = settings.intake
+    return DetectorSuite(
+        build_policy(settings),
+        clock,
+        allowed_lateness_ms=settings.allowed_lateness_ms,
+        max_agents=intake.max_agents_per_session,
+        max_seq_jump=intake.max_seq_jump,
+    )
 
 
 def build_keyed_policy(settings: DetectorSettings) -> KeyedPolicy:

@@ -7,6 +7,8 @@ state must stay compact (no event history: running totals, plus each detector's 
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -16,7 +18,19 @@ from agents_contract import AgentEvent, SessionEnded, ToolCalled, TurnCompleted,
 
 _WINDOW_BITS: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
-_FORMAT: Final = 3
+_FORMAT: Final = 4
+# Recent event ids per session (crc32, 8 hex digits each, in one string to keep the checkpoint small): a
+# producer that re-sends an event under a new seq is still caught.
+_RECENT_IDS: Final = 8
+# Agent ids longer than this are kept in the replay filter as a prefix and a 48-bit digest.
+_FILTER_KEY_CHARS: Final = 28
+
+
+def _filter_key(agent_id: str) -> str:
+    if len(agent_id) <= _FILTER_KEY_CHARS:
+        return agent_id
+    tag = hashlib.blake2b(agent_id.encode(), digest_size=6).hexdigest()
+    return f"{agent_id[:15]}~{tag}"
 
 
 @dataclass(slots=True)
@@ -32,7 +46,8 @@ class SessionState:
     last_event_ms: int = 0
     # The detector whose verdict killed the session; a killed session is not judged again.
     killed_by: str | None = None
-    # Replay filter per emitting agent: [highest seq seen, bitmap of the 64 seqs below it].
+    # Replay filter per emitting agent: [highest seq seen, bitmap of the 64 seqs below it]; at most
+    # `max_agents` entries (the suite's intake limit).
     seen: dict[str, list[int]] = field(default_factory=dict)
     # The kill's life after it was issued (wall-clock ms, 0 = not yet): the worker escalates a kill that no
     # agent acknowledges in time, once.
@@ -50,6 +65,8 @@ class SessionState:
     # When (by the suite's clock) the session's newest event was judged: a worker catching up on a backlog
     # hears from a session later than its events happened, and a session still being heard is not quiet.
     heard_ms: int = 0
+    # crc32 of the session's most recent event ids as hex, newest last (at most _RECENT_IDS).
+    recent_ids: str = ""
     # Not checkpointed: set by the suite for the event being judged when it is older than the session's
     # newest event by more than the allowed lateness, so windowed detectors leave it out.
     late: bool = False
@@ -65,13 +82,39 @@ class SessionState:
         self.fired.append(detector)
         return True
 
-    def accept(self, agent_id: str, seq: int) -> bool:
-        """True the first time (agent_id, seq) is seen; False for a replay or one too far behind to tell."""
-        window = self.seen.get(agent_id)
+    def accept(
+        self, agent_id: str, seq: int, event_id: str = "", *, max_agents: int = 64, max_jump: int = 2**40
+    ) -> bool:
+        """True the first time an event is seen; False for a replay (the same (agent_id, seq), one too far
+        behind to tell, or an event_id seen among the session's recent ones).
+
+        A seq more than `max_jump` away from the emitter's newest, either way, starts a new epoch for the
+        emitter rather than becoming (or hiding under) its high mark: one absurd seq must not turn every later
+        event of the agent into a "replay". Past `max_agents` emitters, new ones are deduplicated by
+        event_id alone, so no stream of invented agent ids grows the filter."""
+        if event_id:
+            mark = f"{zlib.crc32(event_id.encode()):08x}"
+            recent = self.recent_ids
+            if any(recent.startswith(mark, i) for i in range(0, len(recent), 8)):
+                return False
+        key = _filter_key(agent_id)
+        window = self.seen.get(key)
         if window is None:
-            self.seen[agent_id] = [seq, 1]
-            return True
+            if len(self.seen) < max_agents:
+                self.seen[key] = [seq, 1]
+            fresh = True
+        else:
+            fresh = self._advance(window, seq, max_jump)
+        if fresh and event_id:
+            self.recent_ids = (self.recent_ids + mark)[-8 * _RECENT_IDS :]
+        return fresh
+
+    @staticmethod
+    def _advance(window: list[int], seq: int, max_jump: int) -> bool:
         top, mask = window
+        if seq > top + max_jump or seq < top - max_jump:
+            window[0], window[1] = seq, 1
+            return True
         if seq > top:
             shift = seq - top
             window[0] = seq
@@ -122,14 +165,18 @@ class SessionState:
                 self.fired,
                 self.ended,
                 self.heard_ms,
+                self.recent_ids,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionState:
         fmt, *fields = orjson.loads(raw)
-        if fmt not in (1, 2, _FORMAT):
+        if fmt not in (1, 2, 3, _FORMAT):
             raise ValueError(f"session state format {fmt} is unknown to this version (it reads 1-{_FORMAT})")
-        # Each format appends fields to the one before (2: the kill's acknowledgement, 3: detector windows),
-        # so an older record is the newer one with defaults for the fields it lacks.
-        return cls(*fields)
+        # Each format appends fields to the one before (2: the kill's acknowledgement, 3: detector windows,
+        # 4: recent event ids), so an older record is the newer one with defaults for the fields it lacks.
+        state = cls(*fields)
+        if fmt < 4:  # the replay filter kept long agent ids whole before format 4
+            state.seen = {_filter_key(k): v for k, v in state.seen.items()}
+        return state

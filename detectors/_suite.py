@@ -87,6 +87,8 @@ class DetectorSuite:
         clock: Clock = wall_clock,
         *,
         allowed_lateness_ms: int = 5_000,
+        max_agents: int = 64,
+        max_seq_jump: int = 2**40,
     ) -> None:
         if callable(detectors):
             self._policy = detectors
@@ -95,6 +97,8 @@ class DetectorSuite:
             self._policy = _fixed(armed)
         self._clock = clock
         self.allowed_lateness_ms = allowed_lateness_ms
+        self.max_agents = max_agents
+        self.max_seq_jump = max_seq_jump
         # Per detector set (by identity; the policy hands out the same few tuples) and event kind, the
         # detectors that observe that kind: most observe one or two of the twelve kinds.
         self._by_kind: dict[int, tuple[DetectorSet, dict[str, DetectorSet]]] = {}
@@ -117,7 +121,9 @@ class DetectorSuite:
         return chosen
 
     def observe(self, state: SessionState, event: AgentEvent) -> Observation:
-        if not state.accept(event.agent_id, event.seq):
+        if not state.accept(
+            event.agent_id, event.seq, event.event_id, max_agents=self.max_agents, max_jump=self.max_seq_jump
+        ):
             return _DUPLICATE
         # Event time drives every window: an event from further back than the allowed lateness still counts
         # towards totals (spend is spend) but not towards windows that have already moved past it.

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Iterator
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -23,19 +25,14 @@ import faust
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from agents_contract import CommandSigner, Fence, encode_command
-from detectors import (
-    DetectorSettings,
-    DetectorSuite,
-    SessionState,
-    build_policy,
-    keyed_detectors,
-    pack_stage_records,
-    wall_clock,
-)
+from agents_contract import CommandSigner, Fence, FenceError, encode_command
+from detectors import SessionState, pack_stage_records, wall_clock
 from streams import _transport as transport
 from streams._config import ConfigError, Settings, load_settings
-from streams._pipeline import BatchResult, Pipeline, RawRecord
+from streams._dlq import BoundedLog, dead_letter, raw_copy
+from streams._fencing import FenceKeeper
+from streams._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord
+from streams._readiness import Readiness
 from streams._stages import StageJudge, StageResult
 from streams._watch import KillWatch, escalation_alert
 
@@ -43,7 +40,16 @@ log = logging.getLogger("tripwire.worker")
 
 EVENTS = Counter("tripwire_events_total", "Agent events judged by this worker", ["kind"])
 DUPLICATES = Counter("tripwire_events_duplicate_total", "Replayed events dropped by the replay filter")
-DEAD_LETTERS = Counter("tripwire_dead_letters_total", "Records sent to the dead-letter topic")
+DEAD_LETTERS = Counter(
+    "tripwire_dead_letters_total", "Records sent to the dead-letter topic, by the kind of fault", ["reason"]
+)
+CLAMPED = Counter(
+    "tripwire_event_times_clamped_total", "Events whose time was not believed and was clamped", ["why"]
+)
+ACT_RETRIES = Counter(
+    "tripwire_act_retries_total", "Failed writes of a batch's output to the broker (retried)"
+)
+TIMER_ERRORS = Counter("tripwire_timer_errors_total", "Timer runs that failed (the timer goes on)", ["timer"])
 VERDICTS = Counter("tripwire_verdicts_total", "Detector verdicts", ["detector", "failure_class", "mode"])
 STAGE_RECORDS = Counter("tripwire_stage_records_total", "Records judged by the keyed stages")
 CIRCUITS = Counter("tripwire_tool_circuit_commands_total", "Tool circuit commands sent", ["circuit"])
@@ -67,6 +73,11 @@ LAG = Gauge("tripwire_consumer_lag", "Events on agent.events not yet judged, per
 
 
 _EXPIRE_PER_TICK = 5_000
+
+for _code in DEAD_LETTER_CODES:
+    DEAD_LETTERS.labels(_code)
+for _why in ("future", "before_start", "too_old"):
+    CLAMPED.labels(_why)
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
@@ -115,14 +126,63 @@ class _LiveStore(Generic[S]):
         return sent
 
 
-def _suite(detectors: DetectorSettings) -> DetectorSuite:
-    return DetectorSuite(
-        build_policy(detectors), wall_clock, allowed_lateness_ms=detectors.allowed_lateness_ms
-    )
+Send = tuple[Any, bytes | None, bytes, dict[str, bytes] | None]
+"""(topic, key, value, headers): one record of a batch's output."""
 
 
-def _stages_of(detectors: DetectorSettings) -> frozenset[str]:
-    return frozenset(str(armed.detector.stage) for armed in keyed_detectors(detectors))
+async def _send_all(records: list[Send], *, retry_max_s: float, what: str) -> None:
+    """Produce the records and wait for the broker to have every one; on failure, produce them all again
+    with backoff until it succeeds (duplicates are harmless: commands, alerts and stage records carry
+    stable ids). Holding here holds the batch, so its offsets are never committed past unsent output."""
+    attempt = 0
+    while True:
+        try:
+            sent = [
+                await topic.send(key=key, value=value, headers=headers)
+                for topic, key, value, headers in records
+            ]
+            if sent:
+                await asyncio.gather(*sent)
+            if attempt:
+                log.warning("%s: written after %d failed attempts", what, attempt)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempt += 1
+            ACT_RETRIES.inc()
+            delay = min(retry_max_s, 0.05 * 2 ** min(attempt, 10)) * (0.5 + random.random() / 2)
+            log.error(
+                "%s: writing %d records failed (%r); retry %d in %.2f s",
+                what,
+                len(records),
+                exc,
+                attempt,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+
+def _guarded(name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A timer body that never ends the app: Faust stops the whole worker when a timer raises, and a
+    timer's work (stalls, deadlines, escalations) is worth retrying on the next tick, not worth the kill
+    path."""
+
+    async def run() -> None:
+        try:
+            await body()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            TIMER_ERRORS.labels(name).inc()
+            if _timer_log.admit(name) is not None:
+                log.exception("timer %s failed; it runs again on its next tick", name)
+
+    run.__name__ = name
+    return run
+
+
+_timer_log = BoundedLog(interval_s=30.0)
 
 
 def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.App:
@@ -167,48 +227,63 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     stage_table.key_serializer = stage_table.value_serializer = "raw"
 
     signer = CommandSigner(settings.signing_key)
-    pipeline = Pipeline(
-        _suite(settings.detectors),
-        signer,
-        wall_clock,
-        stages=_stages_of(settings.detectors),
-        verdicts_topic=topics.verdicts,
-    )
+    pipeline = Pipeline.from_settings(settings.detectors, signer, wall_clock, verdicts_topic=topics.verdicts)
     stage_judge = StageJudge(settings.detectors, signer, wall_clock)
     store = _LiveStore(table, SessionState, SessionState.from_bytes, SessionState.to_bytes)
     stage_store: _LiveStore[dict[str, Any]] = _LiveStore(stage_table, dict, orjson.loads, orjson.dumps)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
+    dlq_raw_topic = app.topic(topics.dlq_raw, partitions=topics.partitions, **raw) if conf.dlq_raw else None
+    dead_letter_log = BoundedLog()
+
+    async def page(alert: Any) -> None:
+        await _send_all(
+            [(alerts_topic, alert.session_id.encode(), alert.to_bytes(), None)],
+            retry_max_s=conf.act_retry_max_s,
+            what="alert",
+        )
+
+    fencing = FenceKeeper(
+        fence, app_id=conf.app_id, redis_url=settings.redis.url, page=page, clock=wall_clock
+    )
 
     async def act(result: BatchResult) -> None:
-        # The fence goes first: an agent that attaches between the fence write and the control record
-        # finds the kill either way.
-        await fence.kill(result.kills)
-        sent: list[Any] = []
-        for command in result.kills:
-            sent.append(await control_topic.send(key=command.target.encode(), value=encode_command(command)))
-            KILLS.labels(command.detector).inc()
-        for alert in result.alerts:
-            sent.append(await alerts_topic.send(key=alert.session_id.encode(), value=alert.to_bytes()))
+        # The fence goes first while Redis answers: an agent that attaches between the fence write and the
+        # control record finds the kill either way. When it does not, the kills go out regardless.
+        await fencing.write(result.kills)
+        out: list[Send] = [
+            (control_topic, command.target.encode(), encode_command(command), None)
+            for command in result.kills
+        ]
+        out.extend((alerts_topic, a.session_id.encode(), a.to_bytes(), None) for a in result.alerts)
         for letter in result.dead_letters:
+            letter_record = dead_letter(letter, source_topic=topics.events)
+            out.append((dlq_topic, letter_record.key, letter_record.value, letter_record.headers))
+            if dlq_raw_topic is not None:
+                copy = raw_copy(letter, source_topic=topics.events, max_bytes=conf.dlq_raw_max_bytes)
+                out.append((dlq_raw_topic, copy.key, copy.value, copy.headers))
+        out.extend(
+            (stages_topic, key, value, None) for key, value in pack_stage_records(result.stage_records)
+        )
+        await _send_all(out, retry_max_s=conf.act_retry_max_s, what="batch output")
+        for command in result.kills:
+            KILLS.labels(command.detector).inc()
+            log.warning("killed session %s (%s): %s", command.target, command.detector, command.reason)
+        for letter in result.dead_letters:
+            DEAD_LETTERS.labels(letter.code).inc()
+            held = dead_letter_log.admit(letter.code)
+            if held is None:
+                continue
             record = letter.record
-            headers = {
-                "tripwire.reason": letter.reason.encode()[:1024],
-                "tripwire.source": f"{topics.events}/{record.partition}/{record.offset}".encode(),
-            }
-            sent.append(await dlq_topic.send(key=record.key, value=record.value or b"", headers=headers))
-            log.warning(
-                "dead-lettered %s/%d@%d: %s",
+            log.log(
+                logging.ERROR if letter.error is not None else logging.WARNING,
+                "dead-lettered %s/%d@%d: %s%s",
                 record.topic or topics.events,
                 record.partition,
                 record.offset,
                 letter.reason,
+                f" (and {held} more {letter.code} records since the last line)" if held else "",
+                exc_info=letter.error,
             )
-        for key, value in pack_stage_records(result.stage_records):
-            sent.append(await stages_topic.send(key=key, value=value))
-        if sent:
-            await asyncio.gather(*sent)
-        for command in result.kills:
-            log.warning("killed session %s (%s): %s", command.target, command.detector, command.reason)
 
     watch = KillWatch(int(conf.kill_ack_timeout_s * 1000))
     # Next offset to judge per events partition, for the lag gauge.
@@ -218,9 +293,16 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     async def judge(stream: Any) -> None:
         async for batch in stream.take_events(conf.batch_max, within=conf.batch_within_ms / 1000):
             records = _records(batch)
-            result = pipeline.judge(records, store.lookup)
-            await act(result)
-            store.checkpoint(result.dirty)
+            try:
+                result = pipeline.judge(records, store.lookup)
+                await act(result)
+                store.checkpoint(result.dirty)
+            except asyncio.CancelledError:
+                # Stopping with the batch's output unsent: Faust acks the batch on the way out, so its
+                # offsets could be committed. Exit at once instead, committing nothing: the next worker
+                # judges the batch again (the replay filter and stable command ids make that harmless).
+                log.critical("stopped while a batch's output was unsent; exiting so that it is judged again")
+                os._exit(75)
             for record in records:
                 judged[record.partition] = record.offset + 1
             observe(result)
@@ -228,8 +310,9 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     def observe(result: BatchResult) -> None:
         for kind, count in result.kinds.items():
             EVENTS.labels(kind).inc(count)
+        for why, count in result.clamped.items():
+            CLAMPED.labels(why).inc(count)
         DUPLICATES.inc(result.duplicates)
-        DEAD_LETTERS.inc(len(result.dead_letters))
         for verdict in result.verdicts:
             VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()
             if verdict.mode == "shadow":
@@ -249,11 +332,10 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
                 KILL_LATENCY.observe(ack.kill_latency_ms / 1000)
         UNACKED.set(len(watch))
 
-    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def escalate_unacknowledged_kills() -> None:
         now = wall_clock()
         escalated: dict[str, tuple[SessionState, int]] = {}
-        pages: list[Any] = []
+        pages: list[Send] = []
         for session_id in watch.due(now):
             state = store.lookup(session_id)
             if state is None or not state.awaiting_ack:
@@ -261,20 +343,24 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             alert = escalation_alert(state, now, watch.timeout_ms)
             # Sent together, not one broker round trip each: after a mass kill (a fleet gone quiet at once)
             # thousands fall due in the same second, and the event loop is the kill path's too.
-            pages.append(await alerts_topic.send(key=session_id.encode(), value=alert.to_bytes()))
-            state.escalated_ms = now
+            pages.append((alerts_topic, session_id.encode(), alert.to_bytes(), None))
             escalated[session_id] = (state, state.partition)
             ESCALATIONS.inc()
             log.error("%s", alert.reason)
         # Recorded so that a restarted worker does not page again. The pages go out first: a crash between
         # the two pages twice (sinks dedupe on the alert id) rather than never.
         if escalated:
-            await asyncio.gather(*pages)
+            await _send_all(pages, retry_max_s=conf.act_retry_max_s, what="escalations")
+            for state, _ in escalated.values():
+                state.escalated_ms = now
             await asyncio.gather(*store.checkpoint(escalated))
         UNACKED.set(len(watch))
         for tp in app.consumer.assignment():
             if tp.topic == topics.events:
                 LAG.labels(str(tp.partition)).set(lag(tp))
+
+    app.timer(interval=1.0)(_guarded("escalate_unacknowledged_kills", escalate_unacknowledged_kills))
+    app.timer(interval=1.0)(_guarded("retry_fence_writes", fencing.retry))
 
     def lag(tp: Any) -> int:
         highwater = app.consumer.highwater(tp) or 0
@@ -288,28 +374,39 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             # of stage work, and its partitions' records never sit uncollected (aiokafka then holds back
             # every fetch from the broker for 100 ms).
             for record in _records(batch):
-                result = stage_judge.judge([record], stage_store.lookup)
-                await act_on_stages(result)
-                stage_store.checkpoint(result.dirty)
+                try:
+                    result = stage_judge.judge([record], stage_store.lookup)
+                    await act_on_stages(result)
+                    stage_store.checkpoint(result.dirty)
+                except asyncio.CancelledError:
+                    log.critical(
+                        "stopped while a stage's output was unsent; exiting so that it is judged again"
+                    )
+                    os._exit(75)
+                except Exception:
+                    # Judging is guarded per record inside the judge; this is the worker's own bug. The
+                    # record is set aside (logged) rather than stopping every stage behind it.
+                    log.exception("a stages record could not be judged (%s)", topics.stages)
+                    continue
                 STAGE_RECORDS.inc(result.records)
                 await asyncio.sleep(0)
 
     async def act_on_stages(result: StageResult) -> None:
-        sent: list[Any] = []
-        for key, value in result.verdicts:
-            sent.append(await verdicts_topic.send(key=key, value=value))
+        out: list[Send] = [(verdicts_topic, key, value, None) for key, value in result.verdicts]
+        out.extend(
+            (control_topic, command.target.encode(), encode_command(command), None)
+            for command in result.commands
+        )
+        out.extend((alerts_topic, a.session_id.encode(), a.to_bytes(), None) for a in result.alerts)
+        await _send_all(out, retry_max_s=conf.act_retry_max_s, what="stage output")
         for command in result.commands:
-            sent.append(await control_topic.send(key=command.target.encode(), value=encode_command(command)))
             CIRCUITS.labels(str(command.evidence.get("circuit", "open"))).inc()
             log.warning(
                 "tool circuit %s for %s: %s", command.evidence.get("circuit"), command.target, command.reason
             )
-        for alert in result.alerts:
-            sent.append(await alerts_topic.send(key=alert.session_id.encode(), value=alert.to_bytes()))
         for letter in result.dead_letters:
-            log.error("dropped a stage record that does not parse (%s): %s", topics.stages, letter.reason)
-        if sent:
-            await asyncio.gather(*sent)
+            if dead_letter_log.admit("stage:" + letter.code) is not None:
+                log.error("dropped a stage record that does not parse (%s): %s", topics.stages, letter.reason)
         for verdict in result.given:
             if verdict.evidence.get("scope") == "tool":
                 VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()
@@ -318,7 +415,6 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     # many sessions the worker holds (a full pass takes sessions / _EXPIRE_PER_TICK ticks).
     sweep: Iterator[SessionState] | None = None
 
-    @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
     async def expire_quiet_sessions() -> None:
         nonlocal sweep
         # Only partitions the worker has caught up on: behind a backlog (a restart, a burst) a session's
@@ -333,26 +429,31 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         if sweep is None:
             sweep = store.states()
         states = []
-        for looked, state in enumerate(sweep, 1):
-            # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
-            # missed (its partition still recovering, or held by a member that had died) is watched now.
-            if state.awaiting_ack and state.partition in mine:
-                watch.track(state)
-            if state.partition in owned and state.killed_by is None and not state.ended:
-                states.append(state)
-            if looked == _EXPIRE_PER_TICK:
-                break
-        else:
-            sweep = None
+        try:
+            for looked, state in enumerate(sweep, 1):
+                # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a
+                # rebalance missed (its partition still recovering, or held by a member that had died) is
+                # watched now.
+                if state.awaiting_ack and state.partition in mine:
+                    watch.track(state)
+                if state.partition in owned and state.killed_by is None and not state.ended:
+                    states.append(state)
+                if looked == _EXPIRE_PER_TICK:
+                    break
+            else:
+                sweep = None
+        except RuntimeError:
+            sweep = None  # the table changed size under the sweep (a rebalance): start again next tick
         result = pipeline.expire(states, wall_clock())
         if result.verdicts:
             await act(result)
             await asyncio.gather(*store.checkpoint(result.dirty))
             observe(result)
 
+    app.timer(interval=conf.timer_interval_s)(_guarded("expire_quiet_sessions", expire_quiet_sessions))
+
     config_stamp = _stamp(config_path)
 
-    @app.timer(interval=conf.timer_interval_s)  # type: ignore[untyped-decorator]
     async def reload_detector_config() -> None:
         nonlocal config_stamp
         if config_path is None or not conf.reload_config:
@@ -374,11 +475,12 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
                 "config change in %s outside `detectors` needs a restart; applying detectors only",
                 config_path,
             )
-        pipeline.suite = _suite(fresh.detectors)
-        pipeline.stages = _stages_of(fresh.detectors)
+        pipeline.reconfigure(fresh.detectors)
         stage_judge.reconfigure(fresh.detectors)
         RELOADS.labels("applied").inc()
         log.warning("detector config reloaded from %s", config_path)
+
+    app.timer(interval=conf.timer_interval_s)(_guarded("reload_detector_config", reload_detector_config))
 
     if settings.sinks.in_worker:
 
@@ -387,6 +489,12 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             from streams._sinks import run_sinks
 
             await run_sinks(settings)
+
+    readiness = Readiness(conf.recovery_timeout_s)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def rebalance_started(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        readiness.rebalancing()
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def announce_ready(sender: Any, **kwargs: Any) -> None:
@@ -397,13 +505,25 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             if state.partition in owned:
                 watch.track(state)
         UNACKED.set(len(watch))
-        await fence.mark_worker_ready(conf.app_id, wall_clock())
+        # Ready once the streams are seeked and resumed (Faust does that right after this signal), not
+        # before: a ready mark is a promise that this worker is judging.
+        app.add_future(mark_ready())
+
+    async def mark_ready() -> None:
+        # Faust sets `completed` after the recovery ended and the streams were seeked.
+        await app.tables.recovery.completed.wait()  # type: ignore[attr-defined]
+        readiness.ready()
+        try:
+            await asyncio.wait_for(fence.mark_worker_ready(conf.app_id, wall_clock()), timeout=5.0)
+        except (FenceError, OSError, TimeoutError) as exc:
+            log.error("could not record readiness in Redis (%r); judging all the same", exc)
         log.info(
             "tripwire worker %s is judging events (rebalance complete, %d kills awaiting acknowledgement)",
             conf.app_id,
             len(watch),
         )
 
+    readiness.start()
     return app
 
 

@@ -62,7 +62,7 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
     out: list[bytes] = []
     for i in range(count):
         seq = seq0 + i
-        common = {
+        common: dict[str, Any] = {
             **env,
             "event_id": f"{session_id}-{seq}",
             "seq": seq,
@@ -96,7 +96,7 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
         out.append(encode_event(event))
     # A session that ends, as agents' sessions do: one left open would be killed by the stall detector
     # once the bench has run for its quiet time (5 min), which is not what a throughput figure measures.
-    ended = {**env, "event_id": f"{session_id}-{seq0 + count}", "seq": seq0 + count}
+    ended: dict[str, Any] = {**env, "event_id": f"{session_id}-{seq0 + count}", "seq": seq0 + count}
     out.append(encode_event(SessionEnded(**ended, event_time_ms=_T0 + seq0 + count)))
     return out
 

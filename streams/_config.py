@@ -44,6 +44,8 @@ class RedisSettings(_Section):
 class TopicSettings(_Section):
     events: str = "agent.events"
     dlq: str = "agent.events.dlq"
+    # Raw copies of bad records, only while `worker.dlq_raw` is on (debugging a producer); short retention.
+    dlq_raw: str = "agent.events.dlq.raw"
     control: str = "agent.control"
     alerts: str = "guardrail.alerts"
     alerts_dlq: str = "guardrail.alerts.dlq"
@@ -59,6 +61,7 @@ class TopicSettings(_Section):
     alerts_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
     alerts_dlq_retention_ms: Annotated[int, Field(ge=60_000)] = 30 * 24 * 3600 * 1000
     stages_retention_ms: Annotated[int, Field(ge=60_000)] = 24 * 3600 * 1000
+    dlq_raw_retention_ms: Annotated[int, Field(ge=60_000)] = 24 * 3600 * 1000
 
 
 class WorkerSettings(_Section):
@@ -78,7 +81,19 @@ class WorkerSettings(_Section):
     metrics_port: Annotated[int, Field(ge=1, le=65_535)] | None = 9464
     metrics_host: str = "0.0.0.0"
     rebalance_timeout_s: Annotated[float, Field(ge=1)] = 10.0
-    session_timeout_s: Annotated[float, Field(ge=3)] = 30.0
+    # How long the group waits for a silent worker before its partitions move to the others: the bulk of a
+    # failover's time (heartbeats go every third of it).
+    session_timeout_s: Annotated[float, Field(ge=3)] = 10.0
+    # A rebalance (partitions revoked, assigned, their state recovered) not finished within this time is
+    # stuck: the worker says so and restarts itself in place.
+    recovery_timeout_s: Annotated[float, Field(ge=10, le=3_600)] = 120.0
+    # Dead letters keep metadata only (reason, source offset, size, digest, shape). On, the first
+    # `dlq_raw_max_bytes` of each bad record also go to `topics.dlq_raw`; for debugging a producer.
+    dlq_raw: bool = False
+    dlq_raw_max_bytes: Annotated[int, Field(ge=1, le=900_000)] = 65_536
+    # After a failed write to the broker (kills, alerts, dead letters) the worker retries with backoff up
+    # to this long between tries, holding the batch (and its offsets) until the write succeeds.
+    act_retry_max_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     log_level: str = "warning"
 
     @field_validator("log_level")

@@ -35,6 +35,21 @@ class TopicSpec:
     partitions: int
     replication: int
     retention_ms: int
+    # Compacted topics (the tables' changelogs) keep the newest record per key instead of a time window.
+    compact: bool = False
+
+    def configs(self) -> dict[str, str]:
+        if self.compact:
+            return {"cleanup.policy": "compact"}
+        return {"retention.ms": str(self.retention_ms)}
+
+
+# The worker's Faust tables; their changelogs are `<app_id>-<table>-changelog`.
+TABLES = ("sessions", "stages")
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +70,18 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.alerts_dlq, t.partitions, t.replication, t.alerts_dlq_retention_ms),
         TopicSpec(t.stages, t.partitions, t.replication, t.stages_retention_ms),
         TopicSpec(t.verdicts, t.partitions, t.replication, t.events_retention_ms),
+        # Created here, before the worker joins its group: a changelog that does not exist yet when the
+        # group assigns partitions is left out of the assignment ("Ignoring missing topic"), and recovery
+        # then waits for it forever.
+        *(
+            TopicSpec(changelog_topic(settings.worker.app_id, table), t.partitions, t.replication, 0, True)
+            for table in TABLES
+        ),
+        *(
+            [TopicSpec(t.dlq_raw, t.partitions, t.replication, t.dlq_raw_retention_ms)]
+            if settings.worker.dlq_raw
+            else []
+        ),
     ]
 
 
@@ -110,7 +137,7 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicOut
                         s.name,
                         s.partitions,
                         s.replication,
-                        topic_configs={"retention.ms": str(s.retention_ms)},
+                        topic_configs=s.configs(),
                     )
                     for s in wanted
                 ]

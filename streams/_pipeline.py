@@ -13,22 +13,41 @@ state and turns verdicts into commands and alerts according to each verdict's mo
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import orjson
 
 from agents_contract import (
+    MAX_REASON,
+    AgentEvent,
     CommandSigner,
     ContractError,
     ControlAck,
     KillCommand,
+    TurnCompleted,
+    bounded_evidence,
+    clip,
+    clip_id,
     kill_command_id,
     parse_event,
 )
-from detectors import Clock, DetectorSuite, SessionState, StageRecord, Verdict, stage_records
+from detectors import (
+    STAGES,
+    Clock,
+    DetectorSettings,
+    DetectorSuite,
+    IntakeSettings,
+    SessionState,
+    StageRecord,
+    Verdict,
+    build_suite,
+    keyed_detectors,
+    stage_records,
+)
 from sinks import Alert
 from streams._watch import escalation_resolved
 
@@ -45,6 +64,39 @@ class RawRecord(NamedTuple):
 class DeadLetter:
     record: RawRecord
     reason: str
+    # A short, fixed word for the kind of fault (metrics label it; the reason says the details).
+    code: str = "invalid"
+    # The exception, when the worker itself failed on the record (logged with its traceback).
+    error: BaseException | None = None
+
+
+# Dead-letter codes, fixed so that a metric labelled by them stays small whatever producers send.
+DEAD_LETTER_CODES: Final = (
+    "tombstone",
+    "too_large",
+    "not_json",
+    "not_object",
+    "schema_version",
+    "invalid",
+    "wrong_key",
+    "owner_mismatch",
+    "implausible_value",
+    "bad_stage_verdict",
+    "internal_error",
+)
+
+
+def _code_of(error: ContractError) -> str:
+    reason = error.reason
+    if reason.startswith("event is ") and "the limit is" in reason:
+        return "too_large"
+    if reason.startswith("not JSON"):
+        return "not_json"
+    if reason.startswith("an event is a JSON object"):
+        return "not_object"
+    if reason.startswith("schema_version"):
+        return "schema_version"
+    return "invalid"
 
 
 @dataclass(slots=True)
@@ -62,6 +114,8 @@ class BatchResult:
     duplicates: int = 0
     # Events judged, by kind (for metrics).
     kinds: Counter[str] = field(default_factory=Counter)
+    # Events whose time was not believed and was clamped, by why ("future", "before_start", "too_old").
+    clamped: Counter[str] = field(default_factory=Counter)
     # Acknowledgements of this worker's kills, with the session state they settled.
     acks: list[tuple[ControlAck, SessionState]] = field(default_factory=list)
 
@@ -89,6 +143,8 @@ class Pipeline:
         *,
         stages: frozenset[str] = frozenset(),
         verdicts_topic: str = "",
+        intake: IntakeSettings | None = None,
+        fleet_tools: bool = False,
     ) -> None:
         # Replaced whole when the detector config is reloaded; a batch uses the suite it started with.
         self.suite = suite
@@ -96,48 +152,137 @@ class Pipeline:
         self._clock = clock
         self.stages = stages
         self._verdicts_topic = verdicts_topic
+        self.intake = intake or IntakeSettings()
+        self.fleet_tools = fleet_tools
+
+    @classmethod
+    def from_settings(
+        cls, settings: DetectorSettings, signer: CommandSigner, clock: Clock, *, verdicts_topic: str
+    ) -> Pipeline:
+        pipeline = cls(build_suite(settings, clock), signer, clock, verdicts_topic=verdicts_topic)
+        pipeline.reconfigure(settings)
+        return pipeline
+
+    def reconfigure(self, settings: DetectorSettings) -> None:
+        """Judge the next batch with these settings (a config reload)."""
+        self.suite = build_suite(settings, self._clock)
+        self.stages = frozenset(str(armed.detector.stage) for armed in keyed_detectors(settings))
+        self.intake = settings.intake
+        self.fleet_tools = settings.tool_circuit.scope == "fleet"
 
     def judge(self, records: Iterable[RawRecord], lookup: StateLookup) -> BatchResult:
         result = BatchResult()
-        dirty = result.dirty
-        suite = self.suite
         for record in records:
-            if record.value is None:
-                result.dead_letters.append(DeadLetter(record, "record has no value (tombstone)"))
-                continue
-            if record.topic and record.topic == self._verdicts_topic:
-                self._stage_verdict(record, lookup, result)
-                continue
             try:
-                event = parse_event(record.value)
-            except ContractError as exc:
-                result.dead_letters.append(DeadLetter(record, exc.reason))
-                continue
-            if record.key is not None and record.key != event.session_id.encode():
-                # A wrongly keyed event lands on another session's partition: judging it there would split
-                # the session's state across workers, so it is refused rather than half-counted.
+                self._judge_record(record, lookup, result)
+            except Exception as exc:
+                # A fault of the worker's own on one record (a bug a crafted record found) sets that record
+                # aside with its reason; it never stops the batch, whose other records are judged and
+                # acted on.
                 result.dead_letters.append(
-                    DeadLetter(record, f"record key {record.key[:128]!r} is not the event's session_id")
+                    DeadLetter(
+                        record,
+                        clip(f"the worker failed judging this record: {type(exc).__name__}: {exc}", 512),
+                        "internal_error",
+                        exc,
+                    )
                 )
-                continue
-            result.events += 1
-            result.kinds[event.kind] += 1
-            sid = event.session_id
-            entry = dirty.get(sid)
-            state = entry[0] if entry is not None else (lookup(sid) or SessionState(sid))
-            observation = suite.observe(state, event)
-            if observation.duplicate:
-                result.duplicates += 1
-                continue
-            state.partition = record.partition
-            dirty[sid] = (state, record.partition)
-            if self.stages:
-                result.stage_records.extend(stage_records(event, self.stages))
-            if isinstance(event, ControlAck):
-                self._settle(state, event, result)
-            for verdict in observation.verdicts:
-                self._act(verdict, state, event.agent_id, result)
         return result
+
+    def _judge_record(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
+        dirty = result.dirty
+        if record.value is None:
+            result.dead_letters.append(DeadLetter(record, "record has no value (tombstone)", "tombstone"))
+            return
+        if record.topic and record.topic == self._verdicts_topic:
+            self._stage_verdict(record, lookup, result)
+            return
+        try:
+            event = parse_event(record.value)
+        except ContractError as exc:
+            result.dead_letters.append(DeadLetter(record, exc.reason, _code_of(exc)))
+            return
+        if record.key is not None and record.key != event.session_id.encode():
+            # A wrongly keyed event lands on another session's partition: judging it there would split
+            # the session's state across workers, so it is refused rather than half-counted.
+            result.dead_letters.append(
+                DeadLetter(
+                    record,
+                    f"record key {clip(repr(record.key[:160]), 160)} is not the event's session_id",
+                    "wrong_key",
+                )
+            )
+            return
+        implausible = self._implausible(event)
+        if implausible:
+            result.dead_letters.append(DeadLetter(record, implausible, "implausible_value"))
+            return
+        sid = event.session_id
+        entry = dirty.get(sid)
+        state = entry[0] if entry is not None else (lookup(sid) or SessionState(sid))
+        if state.tenant_id and (state.tenant_id, state.user_id) != (event.tenant_id, event.user_id):
+            # A session's owner is fixed by its first event: an event claiming another one would judge it
+            # under that tenant's settings, or let one tenant's producer steer another's session.
+            result.dead_letters.append(
+                DeadLetter(
+                    record,
+                    f"session {sid} belongs to {state.tenant_id}/{state.user_id}; this event claims "
+                    f"{event.tenant_id}/{event.user_id}",
+                    "owner_mismatch",
+                )
+            )
+            return
+        event = self._believable_time(event, state, result)
+        result.events += 1
+        result.kinds[event.kind] += 1
+        observation = self.suite.observe(state, event)
+        if observation.duplicate:
+            result.duplicates += 1
+            return
+        state.partition = record.partition
+        dirty[sid] = (state, record.partition)
+        if self.stages:
+            result.stage_records.extend(stage_records(event, self.stages, fleet_tools=self.fleet_tools))
+        if isinstance(event, ControlAck):
+            self._settle(state, event, result)
+        for verdict in observation.verdicts:
+            self._act(verdict, state, event.agent_id, result)
+
+    def _implausible(self, event: AgentEvent) -> str | None:
+        """Why an event's values cannot be believed (per-turn cost or tokens past the sanity ceilings)."""
+        if not isinstance(event, TurnCompleted):
+            return None
+        intake = self.intake
+        if event.cost_usd > intake.max_turn_cost_usd:
+            return (
+                f"cost_usd {event.cost_usd:g} for one turn is above detectors.intake.max_turn_cost_usd "
+                f"({intake.max_turn_cost_usd:g})"
+            )
+        tokens = event.input_tokens + event.output_tokens
+        if tokens > intake.max_turn_tokens or event.context_tokens > intake.max_turn_tokens:
+            return (
+                f"{max(tokens, event.context_tokens)} tokens for one turn is above "
+                f"detectors.intake.max_turn_tokens ({intake.max_turn_tokens})"
+            )
+        return None
+
+    def _believable_time(self, event: AgentEvent, state: SessionState, result: BatchResult) -> AgentEvent:
+        """The event with a time the windows can use: one from the far future is judged as now, one from
+        before its session started (past the lateness) as the session's start, and the first event of a
+        session from implausibly long ago as now."""
+        t = event.event_time_ms
+        now = self._clock()
+        intake = self.intake
+        if t > now + intake.max_future_skew_s * 1000:
+            why, fixed = "future", now
+        elif state.first_event_ms and t < state.first_event_ms - self.suite.allowed_lateness_ms:
+            why, fixed = "before_start", state.first_event_ms
+        elif not state.first_event_ms and t < now - intake.max_event_age_s * 1000:
+            why, fixed = "too_old", now
+        else:
+            return event
+        result.clamped[why] += 1
+        return event.model_copy(update={"event_time_ms": fixed})
 
     def expire(self, states: Iterable[SessionState], now_ms: int) -> BatchResult:
         """Verdicts of the timed detectors (deadlines, stalls) for sessions that may have gone quiet."""
@@ -153,11 +298,19 @@ class Pipeline:
     def _stage_verdict(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
         try:
             data = orjson.loads(record.value or b"")
+            if not isinstance(data, dict):
+                raise TypeError(f"a stage verdict is a JSON object, got {type(data).__name__}")
             verdict = Verdict.from_description(data)
             agent_id = str(data.get("agent_id", ""))
             tenant_id, user_id = str(data.get("tenant_id", "")), str(data.get("user_id", ""))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            result.dead_letters.append(DeadLetter(record, f"not a stage verdict: {exc}"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            result.dead_letters.append(
+                DeadLetter(record, clip(f"not a stage verdict: {exc}", 512), "bad_stage_verdict")
+            )
+            return
+        problem = _stage_verdict_problem(verdict, record)
+        if problem:
+            result.dead_letters.append(DeadLetter(record, problem, "bad_stage_verdict"))
             return
         sid = verdict.session_id
         entry = result.dirty.get(sid)
@@ -174,15 +327,17 @@ class Pipeline:
         """Do what the verdict's mode says: kill and alert, alert, or only count it."""
         if state.killed_by is not None:
             return
-        result.verdicts.append(verdict)
         if verdict.kills:
-            state.killed_by = verdict.detector
+            # Built in full before the state says killed: a kill the state records is a kill that is sent.
             command = self._kill(verdict)
+            alert = self._alert(verdict, state, agent_id, command.issued_at_ms, command)
+            state.killed_by = verdict.detector
             state.kill_issued_ms = command.issued_at_ms
             result.kills.append(command)
-            result.alerts.append(self._alert(verdict, state, agent_id, command.issued_at_ms, command))
+            result.alerts.append(alert)
         elif verdict.mode != "shadow":
             result.alerts.append(self._alert(verdict, state, agent_id, self._clock(), None))
+        result.verdicts.append(verdict)
 
     def _settle(self, state: SessionState, ack: ControlAck, result: BatchResult) -> None:
         """Note the first acknowledgement of this worker's kill; acks of other commands (a manual kill,
@@ -201,14 +356,16 @@ class Pipeline:
             command_id=kill_command_id(verdict.session_id, verdict.detector),
             scope="session",
             target=verdict.session_id,
-            reason=verdict.reason,
-            detector=verdict.detector,
-            evidence={
-                "failure_class": verdict.failure_class.value,
-                "observed": verdict.observed,
-                "threshold": verdict.threshold,
-                **verdict.evidence,
-            },
+            reason=clip(verdict.reason, MAX_REASON),
+            detector=clip_id(verdict.detector),
+            evidence=bounded_evidence(
+                {
+                    "failure_class": verdict.failure_class.value,
+                    "observed": verdict.observed,
+                    "threshold": verdict.threshold,
+                    **verdict.evidence,
+                }
+            ),
             issued_at_ms=self._clock(),
             breach_event_id=verdict.event_id or None,
             breach_seq=verdict.seq if verdict.seq >= 0 else None,
@@ -235,18 +392,34 @@ class Pipeline:
             tenant_id=state.tenant_id,
             user_id=state.user_id,
             agent_id=agent_id,
-            reason=verdict.reason,
+            reason=clip(verdict.reason, MAX_REASON),
             observed=verdict.observed,
             threshold=verdict.threshold,
             event_id=verdict.event_id,
             event_time_ms=verdict.event_time_ms,
             detected_at_ms=detected_at_ms,
             command_id=command.command_id if command is not None else None,
-            evidence={
-                **verdict.evidence,
-                "mode": verdict.mode,
-                "event_ids": list(verdict.event_ids),
-                "window_start_ms": verdict.window_start_ms,
-                "window_end_ms": verdict.window_end_ms,
-            },
+            evidence=bounded_evidence(
+                {
+                    **verdict.evidence,
+                    "mode": verdict.mode,
+                    "event_ids": list(verdict.event_ids),
+                    "window_start_ms": verdict.window_start_ms,
+                    "window_end_ms": verdict.window_end_ms,
+                }
+            ),
         )
+
+
+_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+
+def _stage_verdict_problem(verdict: Verdict, record: RawRecord) -> str | None:
+    """Why a record on the verdicts topic is not one a keyed stage wrote (None when it could be)."""
+    if verdict.detector not in STAGES:
+        return f"stage verdict names detector {clip(verdict.detector, 64)!r}, which is not a keyed stage"
+    if not _ID.match(verdict.session_id):
+        return f"stage verdict names session {clip(verdict.session_id, 64)!r}, which is not a session id"
+    if record.key is not None and record.key != verdict.session_id.encode():
+        return "stage verdict's record key is not its session_id"
+    return None

@@ -21,11 +21,8 @@ from pydantic import ValidationError
 from agents_contract import CommandSigner
 from detectors import (
     DetectorSettings,
-    DetectorSuite,
     SessionState,
     Verdict,
-    build_policy,
-    keyed_detectors,
     pack_stage_records,
 )
 from streams._config import ConfigError, explain, read_config_file
@@ -66,11 +63,7 @@ class Replay:
     def __init__(self, settings: DetectorSettings) -> None:
         self.now_ms = 0
         signer = CommandSigner(secrets.token_bytes(32))
-        suite = DetectorSuite(
-            build_policy(settings), self._clock, allowed_lateness_ms=settings.allowed_lateness_ms
-        )
-        stages = frozenset(a.detector.stage for a in keyed_detectors(settings))
-        self.pipeline = Pipeline(suite, signer, self._clock, stages=stages, verdicts_topic=_VERDICTS)
+        self.pipeline = Pipeline.from_settings(settings, signer, self._clock, verdicts_topic=_VERDICTS)
         self.stages = StageJudge(settings, signer, self._clock)
         self.states: dict[str, SessionState] = {}
         self.stage_states: dict[str, dict[str, Any]] = {}

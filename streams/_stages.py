@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents_contract import CommandSigner, KillCommand
+from agents_contract import MAX_REASON, CommandSigner, KillCommand, bounded_evidence, clip, clip_id
 from detectors import (
     Clock,
     DetectorSettings,
@@ -95,8 +95,13 @@ class StageJudge:
         seen.append(mark)
         del seen[:-_SEEN]
         result.dirty[key] = (state, raw.partition)
-        # The fleet's tool circuits are one per tool, whoever calls it: overrides do not apply there.
-        scoped = ("", "") if record.stage == "tool_circuit" else (record.tenant_id, record.agent_id)
+        # A tool circuit is one per tool (fleet) or per tenant and tool, whichever agent calls it: agent
+        # overrides do not apply there, and tenant overrides only to a tenant's own circuit.
+        if record.stage == "tool_circuit":
+            fleet = record.values.get("fleet", True) is not False
+            scoped = ("", "") if fleet else (record.tenant_id, "")
+        else:
+            scoped = (record.tenant_id, record.agent_id)
         for armed in policy(*scoped):
             if armed.detector.stage != record.stage:
                 continue
@@ -122,18 +127,20 @@ class StageJudge:
 
     def _circuit(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:
         tool = str(verdict.evidence.get("tool", record.key))
+        tenant = verdict.evidence.get("circuit_tenant_id")
         generation = int(verdict.evidence.get("generation", 1))
         closed = verdict.evidence.get("circuit") == "closed"
         now = self._clock()
-        alert_id = _circuit_id(tool, generation)
+        alert_id = _circuit_id(record.key, generation)
         if verdict.mode == "enforce":
             command = KillCommand(
                 command_id=f"{alert_id}-{'closed' if closed else 'open'}",
                 scope="tool",
-                target=tool[:128],
-                reason=verdict.reason,
-                detector=verdict.detector,
-                evidence={"failure_class": verdict.failure_class.value, **verdict.evidence},
+                target=clip_id(tool),
+                tenant_id=tenant if isinstance(tenant, str) and tenant else None,
+                reason=clip(verdict.reason, MAX_REASON),
+                detector=clip_id(verdict.detector),
+                evidence=bounded_evidence({"failure_class": verdict.failure_class.value, **verdict.evidence}),
                 issued_at_ms=now,
             )
             result.commands.append(self._signer.sign(command))

@@ -94,7 +94,7 @@ def test_open_circuit_refuses_until_half_open_then_one_probe_closes_it(
     # One probe at a time: the next caller is refused while it runs.
     with pytest.raises(ToolCircuitOpen):
         circuits.admit("search")
-    circuits.settle("search", probe, ok=True)
+    circuits.settle(probe, ok=True)
     assert circuits.state("search") == "closed"
     assert circuits.admit("search") is None
 
@@ -104,7 +104,7 @@ def test_a_failed_probe_reopens_the_circuit_for_open_ms_more(circuits: ToolCircu
     clock.ms = T0_MS + 15_000
     probe = circuits.admit("search")
     assert probe is not None
-    circuits.settle("search", probe, ok=False)
+    circuits.settle(probe, ok=False)
     with pytest.raises(ToolCircuitOpen) as refused:
         circuits.admit("search")
     assert refused.value.until_ms == T0_MS + 25_000
@@ -112,7 +112,7 @@ def test_a_failed_probe_reopens_the_circuit_for_open_ms_more(circuits: ToolCircu
     clock.ms = T0_MS + 25_000
     probe = circuits.admit("search")
     assert probe is not None
-    circuits.settle("search", probe, ok=True)
+    circuits.settle(probe, ok=True)
     assert circuits.state("search") == "closed"
 
 
@@ -121,7 +121,7 @@ def test_an_inconclusive_probe_lets_the_next_call_probe(circuits: ToolCircuits, 
     clock.ms = T0_MS + 30_000
     probe = circuits.admit("search")
     assert probe is not None
-    circuits.settle("search", probe, ok=None)  # cancelled, or its session was killed
+    circuits.settle(probe, ok=None)  # cancelled, or its session was killed
     assert circuits.state("search") == "half_open"
     assert circuits.admit("search") == probe
 
@@ -166,7 +166,7 @@ def test_a_command_arriving_during_a_probe_wins_over_its_outcome(
     probe = circuits.admit("search")
     assert probe is not None
     circuits.apply(tool_command("open", 2, issued_at_ms=clock.ms))
-    circuits.settle("search", probe, ok=True)
+    circuits.settle(probe, ok=True)
     assert circuits.state("search") == "open"
 
 

@@ -3,6 +3,7 @@ times in milliseconds after `T0`, and the verdicts each event draws."""
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 from agents_contract import AgentEvent
@@ -23,7 +24,8 @@ class SessionUnderTest:
         if seq is None:
             seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
         return {
-            "event_id": f"e-{agent[:8]}-{seq}",
+            # Unique per agent, and short whatever the agent id (slots keep event ids as evidence).
+            "event_id": f"e-{agent if len(agent) <= 8 else f'{agent[:8]}{zlib.crc32(agent.encode()):x}'}-{seq}",
             "session_id": "s-1",
             "agent_id": agent,
             "tenant_id": "acme",

@@ -125,14 +125,16 @@ def test_a_tool_result_feeds_the_circuit_and_each_distinct_fingerprint_once() ->
         **env, tool_name="search", call_id="c1", status="error", error_type="TimeoutError", latency_ms=1.0,
         fingerprints=[1, 255, 1],
     )  # fmt: skip
+    circuit = {"ok": False, "error": "TimeoutError", "tool": "search", "fleet": False}
+    # A tool's circuit is the tenant's own by default: one tenant's errors do not switch it off for others.
     assert _records(event) == [
-        ("tool_circuit", "search", {"ok": False, "error": "TimeoutError"}),
+        ("tool_circuit", f"{env['tenant_id']}/search", circuit),
         ("memory_leak", "0000000000000001", {"read": True, "tool": "search"}),
         ("memory_leak", "00000000000000ff", {"read": True, "tool": "search"}),
     ]
-    assert _records(event, frozenset({"tool_circuit"})) == [
-        ("tool_circuit", "search", {"ok": False, "error": "TimeoutError"})
-    ]
+    assert [
+        (r.stage, r.key, r.values) for r in stage_records(event, frozenset({"tool_circuit"}), fleet_tools=True)
+    ] == [("tool_circuit", "search", {**circuit, "fleet": True})]
 
 
 def test_memory_events_feed_content_ownership_and_the_memory_key() -> None:

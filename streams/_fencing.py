@@ -1,0 +1,163 @@
+"""The worker's writes to the Redis fence, kept apart from the kill path so that Redis going away slows
+nothing and loses nothing.
+
+A kill is fenced before it is published whenever Redis answers (an agent attaching in between finds it
+either way). When Redis does not answer, the kill still goes out on the control topic at once, and its
+fence write waits here to be retried with backoff until Redis is back; meanwhile the worker says so: a gauge
+(`tripwire_fence_up`), a count of the kills waiting to be fenced, and one critical alert that resolves itself
+when the fence has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from prometheus_client import Counter, Gauge
+
+from agents_contract import Fence, FenceError, KillCommand
+from sinks import Alert
+
+log = logging.getLogger("tripwire.fence")
+
+FENCE_UP = Gauge("tripwire_fence_up", "1 while this worker's last write to the Redis fence succeeded")
+FENCE_PENDING = Gauge("tripwire_fence_pending", "Kills sent on the control topic and not yet in the fence")
+FENCE_ERRORS = Counter("tripwire_fence_errors_total", "Failed writes to the Redis fence (retried)")
+
+FENCE_DOWN = "fence_unreachable"
+# How long one fence write may take on the kill path before the kill goes out without it.
+_WRITE_TIMEOUT_S: Final = 2.0
+_BACKOFF_CAP_S: Final = 10.0
+
+Page = Callable[[Alert], Awaitable[None]]
+
+
+class FenceKeeper:
+    def __init__(self, fence: Fence, *, app_id: str, redis_url: str, page: Page, clock: Callable[[], int]):
+        self._fence = fence
+        self._app_id = app_id
+        self._where = _redacted(redis_url)
+        self._page = page
+        self._clock = clock
+        # Kills waiting to be fenced, by session (the first kill of a session is the one the fence keeps).
+        self.pending: dict[str, KillCommand] = {}
+        self._down_since_ms = 0
+        self._next_try = 0.0
+        self._failures = 0
+        FENCE_UP.set(1)
+        FENCE_PENDING.set(0)
+
+    @property
+    def up(self) -> bool:
+        return not self._down_since_ms
+
+    async def write(self, commands: list[KillCommand]) -> None:
+        """Fence these kills now if Redis answers in time; otherwise keep them for `retry`. Never raises."""
+        if not commands:
+            return
+        if not self.up:
+            # Already known to be down: the kill path does not wait for it again.
+            self._hold(commands)
+            return
+        try:
+            await asyncio.wait_for(self._fence.kill(commands), timeout=_WRITE_TIMEOUT_S)
+        except (FenceError, OSError, TimeoutError) as exc:
+            self._hold(commands)
+            await self._went_down(exc)
+
+    async def retry(self) -> None:
+        """Write the kills waiting to be fenced, with backoff; called by the worker's timer. Never raises."""
+        if not self.pending and self.up:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_try:
+            return
+        try:
+            if self.pending:
+                await asyncio.wait_for(
+                    self._fence.kill(list(self.pending.values())), timeout=_WRITE_TIMEOUT_S
+                )
+            else:
+                await asyncio.wait_for(self._fence.ping(), timeout=_WRITE_TIMEOUT_S)
+        except (FenceError, OSError, TimeoutError) as exc:
+            self._failures += 1
+            self._next_try = loop.time() + min(_BACKOFF_CAP_S, 0.5 * 2 ** min(self._failures, 8))
+            FENCE_ERRORS.inc()
+            log.error("the Redis fence at %s is still unreachable (%s); retrying", self._where, exc)
+            return
+        fenced = len(self.pending)
+        self.pending.clear()
+        FENCE_PENDING.set(0)
+        await self._came_back(fenced)
+
+    def _hold(self, commands: list[KillCommand]) -> None:
+        for command in commands:
+            self.pending.setdefault(command.target, command)
+        FENCE_PENDING.set(len(self.pending))
+
+    async def _went_down(self, exc: BaseException) -> None:
+        FENCE_ERRORS.inc()
+        FENCE_UP.set(0)
+        self._failures = 1
+        self._next_try = asyncio.get_running_loop().time() + 0.5
+        self._down_since_ms = self._clock()
+        log.error(
+            "cannot write to the Redis fence at %s (%s): kills still go out on the control topic, "
+            "their fence writes are retried",
+            self._where,
+            exc,
+        )
+        await self._alert("firing")
+
+    async def _came_back(self, fenced: int) -> None:
+        FENCE_UP.set(1)
+        self._failures = 0
+        if self._down_since_ms:
+            log.warning("the Redis fence at %s is back; %d waiting kills fenced", self._where, fenced)
+            await self._alert("resolved", fenced=fenced)
+        self._down_since_ms = 0
+
+    async def _alert(self, status: str, *, fenced: int = 0) -> None:
+        now = self._clock()
+        down_s = (now - self._down_since_ms) / 1000
+        reason = (
+            f"worker {self._app_id} cannot reach the Redis fence at {self._where}: kills are sent on the "
+            f"control topic but an agent attaching later will not find them until Redis is back"
+            if status == "firing"
+            else f"worker {self._app_id} reaches the Redis fence again after {down_s:.0f} s; {fenced} kills "
+            f"that waited were fenced"
+        )
+        alert = Alert(
+            alert_id=f"{FENCE_DOWN}-{self._app_id}-{self._down_since_ms}",
+            severity="critical",
+            failure_class="tripwire_degraded",
+            detector=FENCE_DOWN,
+            action="warned",
+            status="firing" if status == "firing" else "resolved",
+            session_id="",
+            tenant_id="",
+            user_id="",
+            agent_id="",
+            reason=reason,
+            observed=down_s,
+            threshold=0,
+            event_id="",
+            event_time_ms=self._down_since_ms,
+            detected_at_ms=now,
+            evidence={"redis": self._where, "pending_kills": len(self.pending)},
+        )
+        try:
+            await self._page(alert)
+        except Exception as exc:  # the page is best effort here; the log line and the gauge are not
+            log.error("could not send the fence alert: %r", exc)
+
+
+def _redacted(url: str) -> str:
+    """A Redis URL without its credentials, for logs and alerts."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    _creds, at, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if at else url
