@@ -181,9 +181,11 @@ class MemoryNamespaceSettings(_Section):
     shared_stores: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
 
 
-class IntakeSettings(_Section):
+class IntakeSettings(BaseModel):
     """What an event may claim before it is believed: bounds on its time and its values. An event time is
     the agent's clock, and one absurd value must not steer every window of a session or a tenant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     # An event dated further ahead of the worker's clock than this is judged as happening now.
     max_future_skew_s: Annotated[float, Field(ge=0, le=86_400)] = 300.0

@@ -16,6 +16,8 @@ import getpass
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import orjson
+
 from agents_contract import (
     CommandSigner,
     ContractError,
@@ -28,6 +30,7 @@ from agents_contract import (
 from detectors import FailureClass, wall_clock
 from sinks import Alert
 from streams._config import Settings
+from streams._dlq import FORMAT as DEAD_LETTER_FORMAT
 from streams._kafka import RecordProducer, TopicReader
 
 MANUAL = "manual"
@@ -125,6 +128,14 @@ def _describe(
     if which == "dlq":
         row["reason"] = headers.get("tripwire.reason", b"").decode(errors="replace")
         row["source"] = headers.get("tripwire.source", b"").decode(errors="replace")
+        try:
+            letter = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            letter = None
+        if isinstance(letter, dict) and letter.get("format") == DEAD_LETTER_FORMAT:
+            # Metadata only: what the record was and where it came from, never its content.
+            return {**row, **{k: v for k, v in letter.items() if k != "format"}}
+        # A dead letter written before dead letters kept metadata only (or a raw copy, `worker.dlq_raw`).
         row["raw_base64"] = base64.b64encode(value[:4096]).decode()
         row["raw_bytes"] = len(value)
         return row

@@ -23,9 +23,10 @@ class SessionUnderTest:
         """The envelope of `agent`'s next event (or of `seq`, to replay or reorder one) at T0 + t."""
         if seq is None:
             seq = self.seqs[agent] = self.seqs.get(agent, 0) + 1
+        # Unique per agent, and short whatever the agent id (slots keep event ids as evidence).
+        tag = agent if len(agent) <= 8 else f"{agent[:8]}{zlib.crc32(agent.encode()):x}"
         return {
-            # Unique per agent, and short whatever the agent id (slots keep event ids as evidence).
-            "event_id": f"e-{agent if len(agent) <= 8 else f'{agent[:8]}{zlib.crc32(agent.encode()):x}'}-{seq}",
+            "event_id": f"e-{tag}-{seq}",
             "session_id": "s-1",
             "agent_id": agent,
             "tenant_id": "acme",

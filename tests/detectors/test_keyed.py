@@ -132,9 +132,9 @@ def test_a_tool_result_feeds_the_circuit_and_each_distinct_fingerprint_once() ->
         ("memory_leak", "0000000000000001", {"read": True, "tool": "search"}),
         ("memory_leak", "00000000000000ff", {"read": True, "tool": "search"}),
     ]
-    assert [
-        (r.stage, r.key, r.values) for r in stage_records(event, frozenset({"tool_circuit"}), fleet_tools=True)
-    ] == [("tool_circuit", "search", {**circuit, "fleet": True})]
+    fleet = stage_records(event, frozenset({"tool_circuit"}), fleet_tools=True)
+    expected = [("tool_circuit", "search", {**circuit, "fleet": True})]
+    assert [(r.stage, r.key, r.values) for r in fleet] == expected
 
 
 def test_memory_events_feed_content_ownership_and_the_memory_key() -> None:

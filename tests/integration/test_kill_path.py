@@ -7,6 +7,7 @@ sleep: every wait is for a condition, with a deadline that only a broken pipelin
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -209,10 +210,18 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_worker_keeps
             return len(letters) >= len(garbage)
 
         await wait_for("both malformed records on the DLQ", both_dead_lettered)
-    assert [value for _, value, _ in letters] == garbage
+    # Metadata only: size, digest and shape of each record, never its bytes.
+    documents = [orjson.loads(value or b"") for _, value, _ in letters]
+    assert [(d["size"], d["sha256"]) for d in documents] == [
+        (len(raw), hashlib.sha256(raw).hexdigest()) for raw in garbage
+    ]
+    assert all(raw not in (value or b"") for raw, (_, value, _) in zip(garbage, letters, strict=True))
+    fields = {"schema_version": "number", "kind": "string"}
+    assert documents[1]["shape"] == {"kind": "object", "fields": fields}
     reasons = [headers["tripwire.reason"].decode() for _, _, headers in letters]
     assert reasons[0].startswith("not JSON")
     assert "session_id" in reasons[1]
+    assert [d["code"] for d in documents] == ["not_json", "invalid"]
     assert all(
         headers["tripwire.source"].startswith(stack.topics["events"].encode()) for *_, headers in letters
     )
