@@ -26,7 +26,7 @@ def budget_only(**limits: Any) -> dict[str, Any]:
     sections = [
         name
         for name in DetectorSettings.model_fields
-        if name not in ("allowed_lateness_ms", "session_budget", "tenants", "agents")
+        if name not in ("allowed_lateness_ms", "intake", "session_budget", "tenants", "agents")
     ]
     budget = {"max_steps": None, "max_tokens": None, "max_cost_usd": None, **limits}
     return {"session_budget": budget, **{name: {"enabled": False} for name in sections}}
@@ -44,7 +44,10 @@ class LocalStack:
         private_topics: bool = False,
         idempotent: bool | None = None,
         sinks: dict[str, Any] | None = None,
+        create_topics: bool = True,
     ) -> None:
+        # False leaves every topic to the worker's own start (as on a broker it has never seen).
+        self._create_topics = create_topics
         self._bootstrap = bootstrap
         self._redis_url = redis_url
         self._detectors = detectors or {}
@@ -123,7 +126,8 @@ class LocalStack:
             config = write_config(self.workdir / "tripwire.yaml", self.settings_dict())
             settings = load_settings(config)
             await wait_for_broker(self.bootstrap)
-            await ensure_topics(self.bootstrap, topic_specs(settings))
+            if self._create_topics:
+                await ensure_topics(self.bootstrap, topic_specs(settings))
             await self.start_worker()
         except BaseException:
             await self.__aexit__()
