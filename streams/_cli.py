@@ -160,7 +160,9 @@ def _config_check(args: argparse.Namespace) -> int:
         f"  session budget ({b.mode}): steps {b.max_steps}, tokens {b.max_tokens}, cost USD {b.max_cost_usd}"
     )
     sections = [
-        name for name in type(d).model_fields if name not in ("allowed_lateness_ms", "tenants", "agents")
+        name
+        for name in type(d).model_fields
+        if name not in ("allowed_lateness_ms", "intake", "tenants", "agents")
     ]
     modes = {name: getattr(d, name).mode for name in sections if getattr(d, name).enabled}
     off = [name for name in sections if not getattr(d, name).enabled]

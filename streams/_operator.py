@@ -134,7 +134,8 @@ def _describe(
             letter = None
         if isinstance(letter, dict) and letter.get("format") == DEAD_LETTER_FORMAT:
             # Metadata only: what the record was and where it came from, never its content.
-            return {**row, **{k: v for k, v in letter.items() if k != "format"}}
+            # (`source` stays the header's topic/partition/offset string, as `tail` always printed it.)
+            return {**row, **{k: v for k, v in letter.items() if k not in ("format", "source", "reason")}}
         # A dead letter written before dead letters kept metadata only (or a raw copy, `worker.dlq_raw`).
         row["raw_base64"] = base64.b64encode(value[:4096]).decode()
         row["raw_bytes"] = len(value)

@@ -50,6 +50,7 @@ def tool_command(
     open_ms: int | None = 30_000,
     issued_at_ms: int = T0_MS,
     signer: CommandSigner | None = HONEST,
+    tenant: str | None = None,
 ) -> KillCommand:
     evidence: dict[str, Any] = {"circuit": circuit, "generation": generation}
     if open_ms is not None and circuit == "open":
@@ -62,6 +63,7 @@ def tool_command(
         detector="tool_circuit",
         evidence=evidence,
         issued_at_ms=issued_at_ms,
+        tenant_id=tenant,
     )
     return signer.sign(command) if signer else command
 
@@ -306,3 +308,27 @@ async def test_a_signed_tool_command_on_the_control_topic_switches_the_tool_off(
     (read,) = [body for body in bodies if body["kind"] == "memory.read"]
     assert set(read["fingerprints"]) & set(expected)
     assert "alice" not in orjson.dumps(bodies).decode()
+
+
+def test_a_tenants_circuit_refuses_the_tool_to_that_tenant_only(circuits: ToolCircuits) -> None:
+    assert circuits.apply(tool_command("open", 1, tenant="noisy"))
+    with pytest.raises(ToolCircuitOpen):
+        circuits.admit("search", "noisy")
+    assert circuits.admit("search", "quiet") is None
+    assert circuits.state("search", "quiet") == "closed"
+    # A fleet-wide circuit refuses it to everyone.
+    assert circuits.apply(tool_command("open", 1))
+    with pytest.raises(ToolCircuitOpen):
+        circuits.admit("search", "quiet")
+
+
+def test_a_session_command_reads_and_verifies_as_before_tenant_scoped_commands() -> None:
+    from agents_contract import encode_command
+
+    command = tool_command("open", 1)
+    assert b"tenant_id" not in encode_command(command)
+    assert HONEST.verify(command)
+    scoped = tool_command("open", 1, tenant="noisy")
+    assert b'"tenant_id":"noisy"' in encode_command(scoped)
+    assert HONEST.verify(scoped)
+    assert not HONEST.verify(scoped.model_copy(update={"tenant_id": "other"}))

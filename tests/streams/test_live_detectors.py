@@ -105,12 +105,17 @@ async def test_a_tool_failing_across_sessions_is_switched_off_in_every_agent(
                         await session.call_tool(tool, {"n": n}, payments, n)
 
             async def opened() -> bool:
-                return guard.tool_circuits.state(tool) == "open"
+                return guard.tool_circuits.state(tool, "acme") == "open"
 
             await wait_for("the tool's circuit to open in the agent process", opened)
             async with guard.session(f"pay-late-{uuid.uuid4().hex[:6]}", agent_id="a1", tenant_id="acme",
                                      user_id="u9") as session:  # fmt: skip
                 with pytest.raises(ToolCircuitOpen):
                     await session.call_tool(tool, {"n": 99}, payments, 99)
+            # The circuit is acme's: another tenant's agents still reach the tool.
+            async with guard.session(f"other-{uuid.uuid4().hex[:6]}", agent_id="a1", tenant_id="globex",
+                                     user_id="u1") as session:  # fmt: skip
+                with pytest.raises(ConnectionError):
+                    await session.call_tool(tool, {"n": 100}, payments, 100)
         samples = await scrape(stack)
         assert value(samples, "tripwire_tool_circuit_commands_total", circuit="open") == 1
