@@ -303,6 +303,12 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
                 # judges the batch again (the replay filter and stable command ids make that harmless).
                 log.critical("stopped while a batch's output was unsent; exiting so that it is judged again")
                 os._exit(75)
+            except Exception:
+                # Records are judged one by one and output is retried until sent, so this is a fault of the
+                # worker itself. Faust would restart the agent with the batch acked, skipping its kills;
+                # exiting uncommitted has the batch judged again instead.
+                log.critical("a batch could not be completed; exiting so it is judged again", exc_info=True)
+                os._exit(70)
             for record in records:
                 judged[record.partition] = record.offset + 1
             observe(result)
