@@ -71,25 +71,22 @@ class JudgingPath:
         for key, (state, _) in staged.dirty.items():
             self.stage_states[key] = state
             self.largest_stage_state = max(self.largest_stage_state, len(orjson.dumps(state)))
-        for command in staged.commands:
-            assert parse_command(encode_command(command)) == command
-            assert SIGNER.verify(command)
-            self.judged.circuits.append(command)
-        for alert in staged.alerts:
-            assert Alert.from_bytes(alert.to_bytes()) == alert
-            self.judged.alerts.append(alert)
+        self._sent(staged.commands, staged.alerts, self.judged.circuits)
         if staged.verdicts:
             self._judge([RawRecord(k, v, 0, 0, VERDICTS) for k, v in staged.verdicts])
 
-    def _record(self, result: BatchResult) -> None:
-        for command in result.kills:
+    def _sent(self, commands: list[KillCommand], alerts: list[Alert], into: list[KillCommand]) -> None:
+        for command in commands:
             # What the worker sends and the agent reads back: it must build, encode, parse and verify.
             assert parse_command(encode_command(command)) == command
             assert SIGNER.verify(command)
-            self.judged.kills.append(command)
-        for alert in result.alerts:
+            into.append(command)
+        for alert in alerts:
             assert Alert.from_bytes(alert.to_bytes()) == alert
             self.judged.alerts.append(alert)
+
+    def _record(self, result: BatchResult) -> None:
+        self._sent(result.kills, result.alerts, self.judged.kills)
         for letter in result.dead_letters:
             record = dead_letter(letter, source_topic=EVENTS)
             assert len(record.value) < 4_096
