@@ -31,7 +31,7 @@ from streams import _transport as transport
 from streams._config import ConfigError, Settings, load_settings
 from streams._dlq import BoundedLog, dead_letter, raw_copy
 from streams._fencing import FenceKeeper
-from streams._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord
+from streams._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord, Retention
 from streams._readiness import Readiness
 from streams._stages import StageJudge, StageResult
 from streams._watch import KillWatch, escalation_alert
@@ -58,6 +58,8 @@ KILLS = Counter("tripwire_kills_total", "Kill commands issued", ["detector"])
 ACKS = Counter("tripwire_kill_acks_total", "Kills of this worker acknowledged by their agent")
 ESCALATIONS = Counter("tripwire_kill_escalations_total", "Kills escalated because no agent acknowledged them")
 UNACKED = Gauge("tripwire_kills_unacknowledged", "Kills issued and not yet acknowledged or escalated")
+SESSIONS = Gauge("tripwire_sessions", "Session states this worker holds")
+EVICTED = Counter("tripwire_sessions_evicted_total", "Session states evicted (ended, killed or idle)")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 KILL_LATENCY = Histogram(
     "tripwire_kill_latency_seconds",
@@ -114,6 +116,20 @@ class _LiveStore(Generic[S]):
             state = self.lookup(key.decode())
             if state is not None:
                 yield state
+
+    def evict(self, gone: dict[str, int]) -> list[Any]:
+        """Drop these keys (key -> partition) from the table, with a tombstone on the changelog each, so a
+        recovering worker does not bring them back; returns the send futures."""
+        data = self._table.data
+        sent = []
+        for key, partition in gone.items():
+            raw = key.encode()
+            data.pop(raw, None)
+            sent.append(self._table.send_changelog(partition, raw, None, value_serializer="raw"))
+        return sent
+
+    def __len__(self) -> int:
+        return len(self._table.data)
 
     def checkpoint(self, dirty: dict[str, tuple[S, int]]) -> list[Any]:
         """Write the states to the table and queue their changelog records; returns the send futures."""
@@ -230,6 +246,11 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
     pipeline = Pipeline.from_settings(settings.detectors, signer, wall_clock, verdicts_topic=topics.verdicts)
     stage_judge = StageJudge(settings.detectors, signer, wall_clock)
     store = _LiveStore(table, SessionState, SessionState.from_bytes, SessionState.to_bytes)
+    retention = Retention(
+        ended_ms=int(conf.evict_ended_after_s * 1000),
+        killed_ms=int(conf.evict_killed_after_s * 1000),
+        idle_ms=int(conf.evict_idle_after_s * 1000),
+    )
     stage_store: _LiveStore[dict[str, Any]] = _LiveStore(stage_table, dict, orjson.loads, orjson.dumps)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
     dlq_raw_topic = app.topic(topics.dlq_raw, partitions=topics.partitions, **raw) if conf.dlq_raw else None
@@ -435,26 +456,31 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         if sweep is None:
             sweep = store.states()
         states = []
-        try:
-            for looked, state in enumerate(sweep, 1):
-                # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a
-                # rebalance missed (its partition still recovering, or held by a member that had died) is
-                # watched now.
-                if state.awaiting_ack and state.partition in mine:
-                    watch.track(state)
-                if state.partition in owned and state.killed_by is None and not state.ended:
+        gone: dict[str, int] = {}
+        now = wall_clock()
+        for looked, state in enumerate(sweep, 1):
+            # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
+            # missed (its partition still recovering, or held by a member that had died) is watched now.
+            if state.awaiting_ack and state.partition in mine:
+                watch.track(state)
+            if state.partition in owned:
+                if retention.evictable(state, now):
+                    gone[state.session_id] = state.partition
+                elif state.killed_by is None and not state.ended:
                     states.append(state)
-                if looked == _EXPIRE_PER_TICK:
-                    break
-            else:
-                sweep = None
-        except RuntimeError:
-            sweep = None  # the table changed size under the sweep (a rebalance): start again next tick
-        result = pipeline.expire(states, wall_clock())
+            if looked == _EXPIRE_PER_TICK:
+                break
+        else:
+            sweep = None
+        result = pipeline.expire(states, now)
         if result.verdicts:
             await act(result)
             await asyncio.gather(*store.checkpoint(result.dirty))
             observe(result)
+        if gone:
+            await asyncio.gather(*store.evict(gone))
+            EVICTED.inc(len(gone))
+        SESSIONS.set(len(store))
 
     app.timer(interval=conf.timer_interval_s)(_guarded("expire_quiet_sessions", expire_quiet_sessions))
 

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agents_contract._commands import MIN_KEY_BYTES
@@ -94,6 +102,13 @@ class WorkerSettings(_Section):
     # After a failed write to the broker (kills, alerts, dead letters) the worker retries with backoff up
     # to this long between tries, holding the batch (and its offsets) until the write succeeds.
     act_retry_max_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # Sessions leave the worker's table (a tombstone on the changelog) once nothing more can happen to them:
+    # ended ones after this grace (late events of theirs are still judged, as a new state), killed ones
+    # once their kill was acknowledged or escalated and this long has passed, and sessions that went quiet
+    # after `evict_idle_after_s`, which must outlast the stall and deadline windows.
+    evict_ended_after_s: Annotated[float, Field(ge=0, le=30 * 86_400)] = 600.0
+    evict_killed_after_s: Annotated[float, Field(ge=0, le=30 * 86_400)] = 3_600.0
+    evict_idle_after_s: Annotated[float, Field(gt=0, le=366 * 86_400)] = 86_400.0
     log_level: str = "warning"
 
     @field_validator("log_level")
@@ -117,6 +132,19 @@ class Settings(BaseSettings):
     detectors: DetectorSettings = DetectorSettings()
     worker: WorkerSettings = WorkerSettings()
     sinks: SinksSettings = SinksSettings()
+
+    @model_validator(mode="after")
+    def _idle_outlasts_the_timed_detectors(self) -> Settings:
+        d = self.detectors
+        layers = [d, *(d.merged(o) for o in (*d.tenants.values(), *d.agents.values()))]
+        needed = max(max(x.stall.quiet_s, x.session_deadline.max_duration_s) for x in layers)
+        idle = self.worker.evict_idle_after_s
+        if idle <= needed:
+            raise ValueError(
+                f"worker.evict_idle_after_s: {idle:g} is not allowed: a quiet session must stay until the "
+                f"stall and deadline detectors have judged it (more than {needed:g} s)"
+            )
+        return self
 
     @field_validator("signing_key")
     @classmethod
@@ -173,7 +201,11 @@ def explain(exc: ValidationError, *, source: str) -> str:
         key = ".".join(str(p) for p in err["loc"])
         value = err.get("input")
         shown = "<secret>" if "signing_key" in key else repr(value)
-        if err["type"] == "missing":
+        if not key:
+            # A rule across keys: its message names them. The input here is the whole config, secrets
+            # included, so it is never shown.
+            lines.append(f"  {err['msg'].removeprefix('Value error, ')}")
+        elif err["type"] == "missing":
             lines.append(
                 f"  {key}: required, not set (in the file or TRIPWIRE_{key.upper().replace('.', '__')})"
             )

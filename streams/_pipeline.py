@@ -123,6 +123,30 @@ class BatchResult:
 StateLookup = Callable[[str], SessionState | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a session's state stays once nothing more can happen to it (milliseconds)."""
+
+    ended_ms: int = 600_000
+    killed_ms: int = 3_600_000
+    idle_ms: int = 86_400_000
+
+    def evictable(self, state: SessionState, now_ms: int) -> bool:
+        """True when the session can leave the table: ended, killed (and its kill settled) or idle past its
+        grace. A kill still waiting for its acknowledgement keeps the state: the watch needs it."""
+        if state.awaiting_ack:
+            return False
+        heard = state.heard_ms or state.last_event_ms
+        last = max(heard, state.kill_issued_ms, state.acked_ms, state.escalated_ms)
+        if state.killed_by is not None:
+            grace = self.killed_ms
+        elif state.ended:
+            grace = self.ended_ms
+        else:
+            grace = self.idle_ms
+        return now_ms - last >= grace
+
+
 def warning_alert_id(session_id: str, detector: str) -> str:
     digest = hashlib.sha256(f"{session_id}\x00{detector}\x00warn".encode()).hexdigest()
     return f"warn-{digest[:32]}"

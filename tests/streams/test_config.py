@@ -152,3 +152,15 @@ def test_the_dashboard_only_charts_metrics_that_exist() -> None:
     exported = {m.name + end for m in REGISTRY.collect() for end in suffixes.get(m.type, ("",))}
     assert charted - exported == set()
     assert len(charted) >= 12
+
+
+def test_idle_eviction_must_outlast_the_stall_and_deadline_windows_and_never_shows_the_key() -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings(
+            signing_key="s3cr3t-" * 6,
+            worker={"evict_idle_after_s": 600},
+            detectors={"tenants": {"slow": {"session_deadline": {"max_duration_s": 7200}}}},
+        )
+    assert "worker.evict_idle_after_s: 600 is not allowed" in str(bad.value)
+    assert "7200" in str(bad.value)
+    assert "s3cr3t" not in str(bad.value)

@@ -174,3 +174,19 @@ def test_a_stage_verdict_on_the_verdicts_topic_kills_through_the_same_path() -> 
     bad = p.judge([RawRecord(b"s-1", b'{"detector": 1}', 0, 2, "v")], states.get)
     (letter,) = bad.dead_letters
     assert letter.reason.startswith("not a stage verdict")
+
+
+def test_a_session_leaves_the_table_only_once_nothing_more_can_happen_to_it() -> None:
+    from streams._pipeline import Retention
+
+    keep = Retention(ended_ms=1_000, killed_ms=5_000, idle_ms=60_000)
+    state = SessionState("s-1", heard_ms=10_000)
+    assert not keep.evictable(state, 69_999)
+    assert keep.evictable(state, 70_000)  # idle
+    state.ended = True
+    assert keep.evictable(state, 11_000)  # ended, past its grace
+    killed = SessionState("s-2", heard_ms=10_000, killed_by="max_steps", kill_issued_ms=10_000)
+    assert not keep.evictable(killed, 10_000_000)  # its kill is still waiting for an acknowledgement
+    killed.acked_ms = 12_000
+    assert not keep.evictable(killed, 16_999)
+    assert keep.evictable(killed, 17_000)

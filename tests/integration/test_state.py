@@ -1,0 +1,34 @@
+"""State stays bounded on the real broker: an ended session's state leaves the table with a tombstone on
+its changelog, so neither the running worker nor one recovering from the changelog keeps it."""
+
+from __future__ import annotations
+
+import pytest
+
+from streams._stack import LocalStack, budget_only
+from tests.conftest import Broker
+from tests.integration.test_kill_path import quick, read_topic
+
+pytestmark = pytest.mark.integration
+
+
+async def test_an_ended_session_is_evicted_with_a_tombstone(broker: Broker, redis_url: str) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=50),
+        worker={"evict_ended_after_s": 0},
+        private_topics=True,
+    ) as stack:
+        changelog = f"{stack.app_id}-sessions-changelog"
+        async with (
+            stack.guard() as guard,
+            guard.session("s-done", agent_id="a1", tenant_id="t", user_id="u") as s,
+        ):
+            await s.call_tool("search", {"q": 1}, quick, 1)
+        # Detached: the session ended. Its state was checkpointed, then evicted.
+        records = await read_topic(
+            stack, changelog, lambda key, value, headers: key == b"s-done" and value is None
+        )
+        assert records
