@@ -182,6 +182,16 @@ class KeyedDetector(Protocol):
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]: ...
 
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        """True once the key's state can go: its window has passed and nothing it holds still matters."""
+        ...
+
+
+def touched_ms(state: dict[str, Any]) -> int:
+    """The newest event time the key's stage has judged (set by the stage judge on every record)."""
+    value = state.get("_at", 0)
+    return value if isinstance(value, int) else 0
+
 
 KeyedSet = tuple[Armed[KeyedDetector], ...]
 KeyedPolicy = Callable[[str, str], KeyedSet]
@@ -246,6 +256,10 @@ class TenantDailyBudget:
         self.name = name
         self.max_cost_usd = max_cost_usd
 
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        # Yesterday is kept for its late events; the day before has closed for good.
+        return touched_ms(state) // _DAY_MS < now_ms // _DAY_MS - 1
+
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         usd = _number(record.values, "usd")
         day = record.event_time_ms // _DAY_MS
@@ -297,6 +311,9 @@ class AgentRollingBudget:
         self.max_cost_usd = max_cost_usd
         self.window_ms = window_ms
         self._bucket_ms = max(1, window_ms // _BUCKETS)
+
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        return now_ms - touched_ms(state) > 2 * self.window_ms
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         usd = _number(record.values, "usd")
@@ -355,6 +372,11 @@ class ToolCircuit:
         self.error_ratio = error_ratio
         self.open_ms = open_ms
         self._bucket_ms = max(1, window_ms // _BUCKETS)
+
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        # A circuit that ever opened keeps its generation: agents order circuit commands by it, and a new
+        # circuit starting again at 1 would be ignored by every agent that saw the old one.
+        return not state.get("generation") and now_ms - touched_ms(state) > 2 * self.window_ms
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         ok = record.values.get("ok") is True
@@ -432,9 +454,14 @@ def _same_owner(a: StageRecord, b: StageRecord) -> bool:
 
 class _Ownership:
     """The first writer by event time owns the key; a read by another user or tenant made after that write
-    (by event time, whatever order the two are judged in) is judged by `_leak`."""
+    (by event time, whatever order the two are judged in) is judged by `_leak`. Ownership lapses after
+    `ttl_ms` without any record for the key."""
 
     name = ""
+    ttl_ms = 30 * _DAY_MS
+
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        return now_ms - touched_ms(state) > self.ttl_ms
 
     def _leak(self, owner: StageRecord, reader: StageRecord) -> Verdict:
         raise NotImplementedError
@@ -495,8 +522,10 @@ class ContentOwnership(_Ownership):
 
     stage = MEMORY_LEAK
 
-    def __init__(self, *, name: str = MEMORY_LEAK) -> None:
+    def __init__(self, *, name: str = MEMORY_LEAK, ttl_ms: int = 30 * _DAY_MS) -> None:
+        _positive(ttl_ms=ttl_ms)
         self.name = name
+        self.ttl_ms = ttl_ms
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         if state.get("common"):
@@ -531,7 +560,15 @@ class MemoryNamespace(_Ownership):
 
     stage = MEMORY_NAMESPACE_LEAK
 
-    def __init__(self, *, name: str = MEMORY_NAMESPACE_LEAK, shared_stores: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = MEMORY_NAMESPACE_LEAK,
+        shared_stores: Iterable[str] = (),
+        ttl_ms: int = 30 * _DAY_MS,
+    ) -> None:
+        _positive(ttl_ms=ttl_ms)
+        self.ttl_ms = ttl_ms
         self.name = name
         self.shared_stores = frozenset(shared_stores)
 

@@ -173,12 +173,14 @@ class ToolCircuitSettings(_Section):
 
 
 class MemoryLeakSettings(_Section):
-    pass
+    # Content nobody has written or read for this long is no longer anyone's: its owner is forgotten.
+    owner_ttl_s: _Seconds = 30 * 86_400.0
 
 
 class MemoryNamespaceSettings(_Section):
     # Stores every user of a tenant may read and write (a team wiki, a shared cache): not a namespace.
     shared_stores: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(default_factory=list)
+    owner_ttl_s: _Seconds = 30 * 86_400.0
 
 
 class IntakeSettings(BaseModel):
@@ -359,10 +361,12 @@ def keyed_detectors(s: DetectorSettings) -> KeyedSet:
         )
         armed.append(Armed(circuit, c.mode))
     if s.memory_leak.enabled:
-        armed.append(Armed(ContentOwnership(), s.memory_leak.mode))
+        armed.append(Armed(ContentOwnership(ttl_ms=_ms(s.memory_leak.owner_ttl_s)), s.memory_leak.mode))
     n = s.memory_namespace_leak
     if n.enabled:
-        armed.append(Armed(MemoryNamespace(shared_stores=n.shared_stores), n.mode))
+        armed.append(
+            Armed(MemoryNamespace(shared_stores=n.shared_stores, ttl_ms=_ms(n.owner_ttl_s)), n.mode)
+        )
     return tuple(armed)
 
 

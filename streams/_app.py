@@ -60,6 +60,8 @@ ESCALATIONS = Counter("tripwire_kill_escalations_total", "Kills escalated becaus
 UNACKED = Gauge("tripwire_kills_unacknowledged", "Kills issued and not yet acknowledged or escalated")
 SESSIONS = Gauge("tripwire_sessions", "Session states this worker holds")
 EVICTED = Counter("tripwire_sessions_evicted_total", "Session states evicted (ended, killed or idle)")
+STAGE_KEYS = Gauge("tripwire_stage_keys", "Keyed-stage states this worker holds")
+STAGE_KEYS_EXPIRED = Counter("tripwire_stage_keys_expired_total", "Keyed-stage states expired with windows")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.035, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 KILL_LATENCY = Histogram(
     "tripwire_kill_latency_seconds",
@@ -112,10 +114,15 @@ class _LiveStore(Generic[S]):
         return state
 
     def states(self) -> Iterator[S]:
-        for key in list(self._table.data.keys()):
-            state = self.lookup(key.decode())
+        for _, state in self.items():
+            yield state
+
+    def items(self) -> Iterator[tuple[str, S]]:
+        for raw in list(self._table.data.keys()):
+            key = raw.decode()
+            state = self.lookup(key)
             if state is not None:
-                yield state
+                yield key, state
 
     def evict(self, gone: dict[str, int]) -> list[Any]:
         """Drop these keys (key -> partition) from the table, with a tombstone on the changelog each, so a
@@ -483,6 +490,32 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         SESSIONS.set(len(store))
 
     app.timer(interval=conf.timer_interval_s)(_guarded("expire_quiet_sessions", expire_quiet_sessions))
+
+    # Stage keys expire with their windows (tenant days, agent hours, fingerprint owners after their TTL),
+    # swept a slice per tick like the sessions.
+    stage_sweep: Iterator[tuple[str, dict[str, Any]]] | None = None
+
+    async def expire_stage_keys() -> None:
+        nonlocal stage_sweep
+        mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.stages}
+        if stage_sweep is None:
+            stage_sweep = stage_store.items()
+        now = wall_clock()
+        gone: dict[str, int] = {}
+        for looked, (key, state) in enumerate(stage_sweep, 1):
+            partition = state.get("_p")
+            if isinstance(partition, int) and partition in mine and stage_judge.expired(key, state, now):
+                gone[key] = partition
+            if looked == _EXPIRE_PER_TICK:
+                break
+        else:
+            stage_sweep = None
+        if gone:
+            await asyncio.gather(*stage_store.evict(gone))
+            STAGE_KEYS_EXPIRED.inc(len(gone))
+        STAGE_KEYS.set(len(stage_store))
+
+    app.timer(interval=conf.timer_interval_s)(_guarded("expire_stage_keys", expire_stage_keys))
 
     config_stamp = _stamp(config_path)
 

@@ -25,6 +25,7 @@ from detectors import (
     StageRecord,
     Verdict,
     build_keyed_policy,
+    keyed_detectors,
     unpack_stage_records,
 )
 from sinks import Alert
@@ -62,6 +63,13 @@ class StageJudge:
 
     def reconfigure(self, settings: DetectorSettings) -> None:
         self._policy: KeyedPolicy = build_keyed_policy(settings)
+        self._by_stage = {str(a.detector.stage): a.detector for a in keyed_detectors(settings)}
+
+    def expired(self, key: str, state: dict[str, Any], now_ms: int) -> bool:
+        """True once a stage key's state can leave the table (its stage switched off, or its detector says
+        its window has passed)."""
+        detector = self._by_stage.get(key.partition(":")[0])
+        return detector is None or detector.expired(state, now_ms)
 
     def judge(self, records: Iterable[RawRecord], lookup: StageLookup) -> StageResult:
         result = StageResult()
@@ -94,6 +102,9 @@ class StageJudge:
             return
         seen.append(mark)
         del seen[:-_SEEN]
+        # When the key was last judged (event time) and where its changelog record lives, for expiry.
+        state["_at"] = max(int(state.get("_at", 0)), record.event_time_ms)
+        state["_p"] = raw.partition
         result.dirty[key] = (state, raw.partition)
         # A tool circuit is one per tool (fleet) or per tenant and tool, whichever agent calls it: agent
         # overrides do not apply there, and tenant overrides only to a tenant's own circuit.

@@ -32,3 +32,31 @@ async def test_an_ended_session_is_evicted_with_a_tombstone(broker: Broker, redi
             stack, changelog, lambda key, value, headers: key == b"s-done" and value is None
         )
         assert records
+
+
+async def test_a_stage_key_expires_with_its_window(broker: Broker, redis_url: str) -> None:
+    detectors = budget_only(max_steps=50)
+    detectors["agent_budget"] = {"enabled": True, "max_cost_usd": 1000, "window_s": 1}
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=detectors,
+        private_topics=True,
+    ) as stack:
+        async with (
+            stack.guard() as guard,
+            guard.session("s-spend", agent_id="a1", tenant_id="t", user_id="u") as s,
+            s.turn("m") as turn,
+        ):
+            turn.record(input_tokens=10, output_tokens=5, cost_usd=0.5)
+        changelog = f"{stack.app_id}-stages-changelog"
+        written = await read_topic(
+            stack, changelog, lambda key, value, headers: key == b"agent_budget:t/a1" and value is not None
+        )
+        assert written
+        # Twice the window later the key is gone, with a tombstone for recovery.
+        gone = await read_topic(
+            stack, changelog, lambda key, value, headers: key == b"agent_budget:t/a1" and value is None
+        )
+        assert gone

@@ -121,3 +121,21 @@ def test_a_record_that_does_not_parse_is_set_aside_with_the_reason() -> None:
     judge = StageJudge(DetectorSettings(), SIGNER, clock=lambda: T0)
     result = judge.judge([RawRecord(b"x", b"[1, 2]", 0, 0), RawRecord(b"y", b"{", 0, 1)], {}.get)
     assert [d.reason.split(":")[0] for d in result.dead_letters] == ["not a stage record"] * 2
+
+
+def test_stage_keys_expire_with_their_windows() -> None:
+    from detectors import DetectorSettings
+
+    judge = StageJudge(DetectorSettings(), CommandSigner("s" * 32), lambda: 0)
+    day = 86_400_000
+    now = 100 * day + 5_000
+    assert not judge.expired("tenant_daily_budget:acme", {"_at": 99 * day + 1}, now)  # yesterday stays
+    assert judge.expired("tenant_daily_budget:acme", {"_at": 98 * day + 1}, now)
+    assert not judge.expired("agent_budget:acme/a1", {"_at": now - 3_600_000}, now)
+    assert judge.expired("agent_budget:acme/a1", {"_at": now - 2 * 3_600_000 - 1}, now)
+    # A circuit that ever opened keeps its generation for ever; one that never did expires.
+    assert judge.expired("tool_circuit:acme/search", {"_at": now - 10 * 60_000}, now)
+    assert not judge.expired("tool_circuit:acme/search", {"_at": 0, "generation": 3}, now)
+    assert not judge.expired("memory_leak:00000000000000ff", {"_at": now - 29 * day}, now)
+    assert judge.expired("memory_leak:00000000000000ff", {"_at": now - 31 * day}, now)
+    assert judge.expired("unknown_stage:x", {}, now)  # a stage switched off
