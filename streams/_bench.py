@@ -42,7 +42,7 @@ from streams._replay import replay_lines
 from streams._scenarios import in_time_order, overrides, scenario_library
 from streams._stack import LocalStack
 
-_KILL_USD = 2_000.0
+_KILL_USD = 50.0
 # Every detector on with its defaults, except budgets no healthy bench session may reach: the sentinels and
 # probes each spend _KILL_USD at once, which only the session cost ceiling acts on.
 BENCH_DETECTORS: dict[str, Any] = {

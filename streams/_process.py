@@ -65,6 +65,11 @@ class WorkerProcess:
             await fence.close()
 
     @property
+    def pid(self) -> int:
+        assert self._proc is not None, "the worker is not running"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
