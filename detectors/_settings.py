@@ -364,9 +364,7 @@ def keyed_detectors(s: DetectorSettings) -> KeyedSet:
         armed.append(Armed(ContentOwnership(ttl_ms=_ms(s.memory_leak.owner_ttl_s)), s.memory_leak.mode))
     n = s.memory_namespace_leak
     if n.enabled:
-        armed.append(
-            Armed(MemoryNamespace(shared_stores=n.shared_stores, ttl_ms=_ms(n.owner_ttl_s)), n.mode)
-        )
+        armed.append(Armed(MemoryNamespace(shared_stores=n.shared_stores, ttl_ms=_ms(n.owner_ttl_s)), n.mode))
     return tuple(armed)
 
 
