@@ -176,15 +176,13 @@ class ToolCircuits:
         return was_open
 
     def _circuit_for(self, tool: str, tenant_id: str) -> tuple[tuple[str, str], _Circuit] | None:
-        """The circuit that governs `tool` for `tenant_id`: the fleet's when it is not closed, else the
-        tenant's own."""
-        found = None
+        """The circuit that holds `tool` back for `tenant_id` (the fleet's first, then the tenant's own);
+        None when neither is open or half-open."""
         for key in (("", tool), (tenant_id, tool)) if tenant_id else (("", tool),):
             circuit = self._circuits.get(key)
             if circuit is not None and circuit.until_ms is not None:
                 return key, circuit
-            found = found or (None if circuit is None else (key, circuit))
-        return found
+        return None
 
     def state(self, tool: str, tenant_id: str = "") -> Literal["closed", "open", "half_open"]:
         found = self._circuit_for(tool, tenant_id)
@@ -196,10 +194,10 @@ class ToolCircuits:
         """Let one call of `tool` through or raise `ToolCircuitOpen`. Returns None for a closed circuit, and
         for the probe of a half-open one a token, which the caller must hand to `settle`."""
         found = self._circuit_for(tool, tenant_id)
-        if found is None or found[1].until_ms is None:
+        if found is None:
             return None
         key, circuit = found
-        assert circuit.until_ms is not None
+        assert circuit.until_ms is not None  # _circuit_for returns only circuits that are not closed
         if self._now_ms() < circuit.until_ms or circuit.probing:
             raise ToolCircuitOpen(tool, circuit.until_ms)
         circuit.probing = True
