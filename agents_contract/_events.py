@@ -127,11 +127,12 @@ class Heartbeat(_Envelope):
 
 
 class ControlAck(_Envelope):
-    """The agent's confirmation that it stopped the guarded work for a kill command."""
+    """The agent's answer to a kill command: `stopping` when it has refused further steps but its guarded
+    work is still ending, `stopped` once that work has ended (only this one settles the kill)."""
 
     kind: Literal["control.ack"] = "control.ack"
     command_id: _Id
-    outcome: Literal["stopped", "already_stopped"]
+    outcome: Literal["stopping", "stopped", "already_stopped"]
     # Milliseconds from the breaching event's send to the SDK receiving the kill, when the SDK sent it.
     kill_latency_ms: Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False)] | None = None
 

@@ -43,6 +43,11 @@ class Fence:
         )
         self._ttl_s = ttl_s
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The client, shared with the budget gate."""
+        return self._redis
+
     async def close(self) -> None:
         await self._redis.aclose()
 

@@ -37,10 +37,32 @@ MIN_WORDS: Final = 4
 
 _PERSON: Final = b"tripwire.fp.v1"
 _NOT_WORD: Final = re.compile(r"[^\w\s]+")
+_SPACE: Final = re.compile(r"\s")
+
+
+_CHUNK: Final = 32_768
 
 
 def _words(text: str) -> list[str]:
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold()).split()
+    """The normalised words of `text`. A long text is normalised in pieces cut at whitespace (followed by a
+    character that does not combine with it), which gives the same words, so no single C call holds the
+    interpreter for long: fingerprinting in a thread leaves the agent's event loop free to take a kill."""
+    if len(text) <= _CHUNK:
+        return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold()).split()
+    words: list[str] = []
+    start = 0
+    while start < len(text):
+        end = len(text)
+        found = _SPACE.search(text, start + _CHUNK)
+        while found is not None:
+            cut = found.end()
+            if cut >= len(text) or not unicodedata.combining(text[cut]):
+                end = cut
+                break
+            found = _SPACE.search(text, cut)
+        words.extend(_NOT_WORD.sub("", unicodedata.normalize("NFKC", text[start:end]).casefold()).split())
+        start = end
+    return words
 
 
 def _hash(words: list[str]) -> int:

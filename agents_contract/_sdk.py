@@ -1,75 +1,111 @@
 """The agent-side SDK: wrap an agent's work so Tripwire sees it and can stop it.
 
 `AgentGuard` is one per agent process: it owns the event producer, the control subscription and the fence
-client. `guard.session(...)` attaches one unit of work; its guarded calls (`call_tool`, `turn`, `remember`,
-`recall`) publish the called/returned events with timing, error class and content fingerprints, and `run()`
-runs the work as a task. When a valid kill for the session arrives, the SDK cancels the work and every
-guarded call in flight (they raise `SessionKilled`), refuses further guarded calls, and publishes an
-acknowledgement. A kill that was issued before the session attached is found in the fence at attach. A valid
-kill with scope `tool` opens a circuit for that tool in every session of the process instead (`ToolCircuits`):
-calls are refused without running until it half-opens, when one probe call decides whether it closes.
+client. `guard.session(...)` attaches one agent's (or one team's) part of a session. Its guarded calls
+(`call_tool`, `turn`, or `tool_started`/`model_started` for framework adapters) are refused once the session
+is killed, pass the pre-call budget gate when it is on, and publish the called/returned events with timing,
+error class and content fingerprints; `record_tool`/`record_turn` report calls after the fact. `run()` runs
+the work as a task that a kill cancels.
+
+A kill is acknowledged honestly: `stopping` as soon as it arrives while a guarded run (`run`, `running`, or
+the session's own attach/detach span when it has no runs) or a call running in a thread is still going, and
+`stopped` only once they have all ended, so the worker escalates a run that does not stop.
+
+`TripwireStop` and its subclasses derive from BaseException, as `asyncio.CancelledError` does: frameworks and
+agent code that catch `Exception` around a tool or a model call cannot mistake a kill for a tool error, show
+it to the model and carry on.
+
+Events leave through one ordered outbox per guard: a guarded call only encodes its event and queues it
+(a few microseconds); a sender task hands the queue to the producer. Fingerprints of a large result are
+computed in a thread, so a kill is delivered while a big page is being fingerprinted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import hashlib
+import itertools
 import logging
+import math
+import os
+import threading
 import time
-import uuid
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
 import orjson
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter, ValidationError
 
+from agents_contract._circuits import ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import CommandSigner, KillCommand, parse_command
-from agents_contract._events import (
-    AgentEvent,
-    ContractError,
-    ControlAck,
-    Heartbeat,
-    MemoryRead,
-    MemoryWritten,
-    MessageSent,
-    SessionEnded,
-    SessionStarted,
-    ToolCalled,
-    ToolReturned,
-    TurnCompleted,
-    TurnStarted,
-    encode_event,
-)
+from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
 from agents_contract._fingerprint import canonical_digest, fingerprints
+from agents_contract._gate import BudgetGate, Refusal, Reservation
 from agents_contract._kafka import ControlSubscription, EventPublisher
+from agents_contract._text import clip
 
 T = TypeVar("T")
 log = logging.getLogger("tripwire.sdk")
 
 _RECENT_EVENTS: Final = 512
+_MAX_NAME: Final = 256
+# Results longer than this (as text) are fingerprinted in a thread, never on the event loop.
+_INLINE_TEXT: Final = 16_384
+MAX_FINGERPRINT_CHARS: Final = 262_144
+"""Only the first this many characters of a result are fingerprinted (about 0.2 s in a thread)."""
+_ACK_WAIT_S: Final = 5.0
+
+__all__ = [
+    "MAX_FINGERPRINT_CHARS",
+    "AgentGuard",
+    "BudgetExhausted",
+    "GuardedSession",
+    "ModelCall",
+    "SessionKilled",
+    "ToolCall",
+    "ToolCircuitOpen",
+    "ToolCircuits",
+    "TripwireStop",
+    "Turn",
+    "digest",
+]
 
 
-class SessionKilled(RuntimeError):
-    """Raised by guarded calls of a session that Tripwire killed; `command` says who and why."""
+class TripwireStop(BaseException):
+    """Tripwire stopped this call or run. A BaseException, so `except Exception` does not swallow it."""
+
+
+class SessionKilled(TripwireStop):
+    """Raised by guarded calls and runs of a session that Tripwire killed; `command` says who and why."""
 
     def __init__(self, command: KillCommand) -> None:
         super().__init__(f"session {command.target} was killed by {command.detector}: {command.reason}")
         self.command = command
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.command,))
 
-class ToolCircuitOpen(RuntimeError):
-    """Raised by `call_tool` for a tool whose circuit Tripwire opened; the tool did not run. `until_ms` is
-    when the circuit half-opens (already past while another call is probing it: retry shortly)."""
 
-    def __init__(self, tool: str, until_ms: int) -> None:
-        super().__init__(f"tool {tool} is switched off by Tripwire until {until_ms} ms")
-        self.tool = tool
-        self.until_ms = until_ms
+class BudgetExhausted(TripwireStop):
+    """The pre-call gate refused a call: with it, `limit` (e.g. `session_budget.max_cost_usd`) would be
+    passed. The call did not run."""
+
+    def __init__(self, session_id: str, limit: str, spent: float, cap: float) -> None:
+        super().__init__(f"session {session_id}: {limit} is {cap:g}; {spent:g} is spent or reserved")
+        self.session_id, self.limit, self.spent, self.cap = session_id, limit, spent, cap
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.session_id, self.limit, self.spent, self.cap))
+
+
+class _Interrupt(BaseException):
+    """Injected into a thread running a sync guarded run when its session is killed."""
 
 
 def digest(value: Any) -> str:
@@ -92,7 +128,7 @@ def _text_of(value: Any) -> str | None:
 
 def _content_fingerprints(value: Any) -> list[int] | None:
     text = _text_of(value)
-    return None if text is None else fingerprints(text)
+    return None if text is None else fingerprints(text[:MAX_FINGERPRINT_CHARS])
 
 
 def _describe_result(result: Any) -> tuple[str | None, list[int] | None]:
@@ -102,134 +138,131 @@ def _describe_result(result: Any) -> tuple[str | None, list[int] | None]:
         result_digest: str | None = digest(result)
     except (TypeError, ValueError, RecursionError):
         result_digest = None
-    return result_digest, _content_fingerprints(result) or None
+    try:
+        prints = _content_fingerprints(result) or None
+    except (TypeError, ValueError, RecursionError):
+        prints = None
+    return result_digest, prints
 
 
-@dataclass(slots=True)
-class _Circuit:
-    generation: int
-    open_ms: int
-    # When the open period ends (the circuit half-opens); None once closed.
-    until_ms: int | None
-    probing: bool = False
+def _large(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) > _INLINE_TEXT
+    if isinstance(value, dict | list | tuple):
+        return len(value) > 64 or len(_text_of(value) or "") > _INLINE_TEXT
+    return False
 
 
-class ToolCircuits:
-    """Per-tool circuits of one agent process, opened and closed by signed `tool`-scope kill commands.
+_ID: TypeAdapter[str] = TypeAdapter(_Id)
 
-    A command's evidence says `circuit` ("open" or "closed"), `generation` and, to open, `open_ms`. An open
-    circuit refuses calls until `issued_at_ms + open_ms` by the injected clock, then half-opens: one probe
-    call at a time may run; its success closes the circuit, its failure re-opens it for `open_ms` more.
-    Generations order the commands, which the control topic does not (several partitions, redelivery after
-    a worker crash): a command no newer than the one in force is ignored, except that a close of the same
-    generation wins over its open. Commands are verified here too, so nothing unsigned ever opens a circuit.
+
+def _checked_id(what: str, value: str) -> str:
+    try:
+        return _ID.validate_python(value)
+    except ValidationError:
+        raise ValueError(
+            f"{what} {value[:80]!r} is not a valid id: 1-128 characters of A-Z a-z 0-9 . _ : @ / + = -"
+        ) from None
+
+
+def _usd(what: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number of dollars >= 0, got {value!r}")
+    return float(value)
+
+
+def _count(what: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be an integer >= 0, got {value!r}")
+    return value
+
+
+class _Outbox:
+    """The guard's ordered queue of encoded events and the task that produces them.
+
+    Producing is the slow half of publishing (aiokafka's send machinery, tens of microseconds); queueing is
+    an append. An item may be a future of its bytes (a result being fingerprinted in a thread): the sender
+    waits for it in place, so events leave in the order they were queued. Any thread may queue.
     """
 
-    def __init__(self, signer: CommandSigner, *, clock: Callable[[], float] = time.time) -> None:
-        self._signer = signer
-        self._clock = clock
-        # (tenant_id, tool): "" for the fleet-wide circuit of a tool, a tenant id for that tenant's own.
-        self._circuits: dict[tuple[str, str], _Circuit] = {}
+    def __init__(self, publisher: EventPublisher, loop: asyncio.AbstractEventLoop) -> None:
+        self._publisher = publisher
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._items: deque[tuple[bytes, bytes | asyncio.Future[bytes], asyncio.Future[None] | None]] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = loop.create_task(self._send(), name="tripwire-outbox")
+        self.failed = 0
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
-
-    def apply(self, command: KillCommand) -> bool:
-        """Apply a `tool`-scope command; True when it opened or closed a circuit."""
-        if command.scope != "tool" or not self._signer.verify(command):
-            return False
-        key, evidence = (command.tenant_id or "", command.target), command.evidence
-        tool = command.target
-        action, generation = evidence.get("circuit"), _count(evidence.get("generation"))
-        open_ms = _count(evidence.get("open_ms"))
-        if action not in ("open", "closed") or generation is None or (action == "open" and open_ms is None):
-            log.warning(
-                "ignored tool command %s: evidence %r is not a circuit change", command.command_id, evidence
-            )
-            return False
-        current = self._circuits.get(key)
-        if action == "open" and open_ms is not None:
-            if current is not None and generation <= current.generation:
-                return False
-            until = command.issued_at_ms + open_ms
-            self._circuits[key] = _Circuit(generation, open_ms, until)
-            log.warning(
-                "tool %s circuit opened until %d ms%s by %s (generation %d): %s",
-                tool,
-                until,
-                f" for tenant {key[0]}" if key[0] else "",
-                command.detector,
-                generation,
-                command.reason,
-            )
-            return True
-        if current is None:
-            # Remembered, so that an older open arriving after it is known to be older.
-            self._circuits[key] = _Circuit(generation, 0, None)
-            return False
-        if generation < current.generation or (generation == current.generation and current.until_ms is None):
-            return False
-        was_open = current.until_ms is not None
-        self._circuits[key] = _Circuit(generation, current.open_ms, None)
-        if was_open:
-            log.warning("tool %s circuit closed by %s (generation %d)", tool, command.detector, generation)
-        return was_open
-
-    def _circuit_for(self, tool: str, tenant_id: str) -> tuple[tuple[str, str], _Circuit] | None:
-        """The circuit that holds `tool` back for `tenant_id` (the fleet's first, then the tenant's own);
-        None when neither is open or half-open."""
-        for key in (("", tool), (tenant_id, tool)) if tenant_id else (("", tool),):
-            circuit = self._circuits.get(key)
-            if circuit is not None and circuit.until_ms is not None:
-                return key, circuit
-        return None
-
-    def state(self, tool: str, tenant_id: str = "") -> Literal["closed", "open", "half_open"]:
-        found = self._circuit_for(tool, tenant_id)
-        if found is None or found[1].until_ms is None:
-            return "closed"
-        return "open" if self._now_ms() < found[1].until_ms else "half_open"
-
-    def admit(self, tool: str, tenant_id: str = "") -> tuple[tuple[str, str], int] | None:
-        """Let one call of `tool` through or raise `ToolCircuitOpen`. Returns None for a closed circuit, and
-        for the probe of a half-open one a token, which the caller must hand to `settle`."""
-        found = self._circuit_for(tool, tenant_id)
-        if found is None:
-            return None
-        key, circuit = found
-        assert circuit.until_ms is not None  # _circuit_for returns only circuits that are not closed
-        if self._now_ms() < circuit.until_ms or circuit.probing:
-            raise ToolCircuitOpen(tool, circuit.until_ms)
-        circuit.probing = True
-        return key, circuit.generation
-
-    def settle(self, token: tuple[tuple[str, str], int], *, ok: bool | None) -> None:
-        """Report the probe's outcome: True closes, False re-opens, None (the call was cancelled or its
-        session killed, which says nothing about the tool) lets the next call probe."""
-        key, generation = token
-        circuit = self._circuits.get(key)
-        if circuit is None or circuit.generation != generation or not circuit.probing:
-            return  # a command changed the circuit while the probe ran; the command wins
-        circuit.probing = False
-        if circuit.until_ms is None or ok is None:
-            return
-        tool = key[1]
-        if ok:
-            circuit.until_ms = None
-            log.warning("tool %s circuit closed: a probe call succeeded", tool)
+    def put(
+        self, key: bytes, value: bytes | asyncio.Future[bytes], done: asyncio.Future[None] | None = None
+    ) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._append((key, value, done))
         else:
-            circuit.until_ms = self._now_ms() + circuit.open_ms
-            log.warning(
-                "tool %s circuit re-opened until %d ms: the probe call failed", tool, circuit.until_ms
-            )
+            self._loop.call_soon_threadsafe(self._append, (key, value, done))
+
+    def _append(self, item: tuple[bytes, bytes | asyncio.Future[bytes], asyncio.Future[None] | None]) -> None:
+        self._items.append(item)
+        self._idle.clear()
+        self._wake.set()
+
+    async def _send(self) -> None:
+        while True:
+            if not self._items:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key, value, done = self._items.popleft()
+            try:
+                body = value if isinstance(value, bytes) else await value
+                delivered = await self._publisher.publish(key, body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failed += 1
+                log.warning("an event could not be published (%d so far): %s", self.failed, exc)
+                if done is not None and not done.done():
+                    done.set_exception(exc)
+                continue
+            if done is not None:
+                delivered.add_done_callback(functools.partial(_settle_future, done))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Wait until every queued event was handed to the producer and the producer flushed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+                await self._publisher.flush()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
-def _count(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+def _settle_future(done: asyncio.Future[None], delivered: asyncio.Future[object]) -> None:
+    if done.done():
+        return
+    if delivered.cancelled():
+        done.cancel()
+    elif (exc := delivered.exception()) is not None:
+        done.set_exception(exc)
+    else:
+        done.set_result(None)
 
 
 class AgentGuard:
-    """The per-process connection to Tripwire: events out, control commands in, the fence at attach."""
+    """The per-process connection to Tripwire: events out, control commands in, the fence at attach.
+
+    Constructing it needs no event loop; `start()` (or `async with`) connects. `budget_gate=True` turns on the
+    pre-call gate: every guarded model and tool call first reserves its step and `estimate_usd` (model calls:
+    `model_reserve_usd` unless the call names its own) against the limits the worker published, one Redis
+    round trip, and is refused with `BudgetExhausted` when a hard budget would be passed.
+    """
 
     def __init__(
         self,
@@ -241,21 +274,40 @@ class AgentGuard:
         control_topic: str = "agent.control",
         idempotent: bool = True,
         clock: Callable[[], float] = time.time,
+        budget_gate: bool = False,
+        model_reserve_usd: float = 0.0,
     ) -> None:
         self._signer = CommandSigner(signing_key)
-        self._publisher = EventPublisher(bootstrap, events_topic, idempotent=idempotent)
-        self._control = ControlSubscription(bootstrap, control_topic)
-        self._fence = Fence(redis_url)
+        self._bootstrap = bootstrap
+        self._events_topic, self._control_topic = events_topic, control_topic
+        self._idempotent = idempotent
+        self._redis_url = redis_url
         self._clock = clock
+        self.budget_gate = budget_gate
+        self.model_reserve_usd = _usd("model_reserve_usd", model_reserve_usd)
         self.tool_circuits = ToolCircuits(self._signer, clock=clock)
         self._sessions: dict[str, list[GuardedSession]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._publisher: EventPublisher | None = None
+        self._control: ControlSubscription | None = None
+        self._fence: Fence | None = None
+        self._outbox: _Outbox | None = None
+        self.gate: BudgetGate | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.forged_commands = 0
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._fence = Fence(self._redis_url)
         await self._fence.ping()
+        if self.budget_gate:
+            self.gate = BudgetGate(self._fence.redis, clock=self._clock)
+        self._publisher = EventPublisher(self._bootstrap, self._events_topic, idempotent=self._idempotent)
         await self._publisher.start()
+        self._control = ControlSubscription(self._bootstrap, self._control_topic)
         await self._control.start()
+        self._outbox = _Outbox(self._publisher, self.loop)
         self._listener = asyncio.create_task(self._listen(), name="tripwire-control")
 
     async def close(self) -> None:
@@ -263,11 +315,17 @@ class AgentGuard:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
-        with contextlib.suppress(Exception):
-            await self._publisher.flush()
-        await self._publisher.stop()
-        await self._control.stop()
-        await self._fence.close()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        if self._outbox is not None:
+            await self._outbox.drain(timeout_s=10.0)
+            await self._outbox.close()
+        if self._publisher is not None:
+            await self._publisher.stop()
+        if self._control is not None:
+            await self._control.stop()
+        if self._fence is not None:
+            await self._fence.close()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -282,10 +340,25 @@ class AgentGuard:
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def _publish(self, event: AgentEvent) -> asyncio.Future[object]:
-        return await self._publisher.publish(event.session_id.encode(), encode_event(event))
+    @property
+    def outbox(self) -> _Outbox:
+        if self._outbox is None:
+            raise RuntimeError(
+                "the AgentGuard is not started: use `async with guard:` or `await guard.start()`"
+            )
+        return self._outbox
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every event queued so far is on the broker."""
+        await self.outbox.drain(timeout_s)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _attach(self, session: GuardedSession) -> None:
+        assert self._fence is not None
         self._sessions.setdefault(session.session_id, []).append(session)
         # The control subscription's positions were fixed in start(), before this lookup: a kill written to
         # the fence after it is published after it too, so the listener sees it. Nothing falls in between.
@@ -301,6 +374,7 @@ class AgentGuard:
             self._sessions.pop(session.session_id, None)
 
     async def _listen(self) -> None:
+        assert self._control is not None
         async for raw in self._control.records():
             try:
                 command = parse_command(raw)
@@ -335,17 +409,24 @@ class AgentGuard:
 
 
 class GuardedSession:
-    """One agent's part of one session: publishes its events and stops its work on a kill."""
+    """One agent's (or one team's) part of one session: publishes its events and stops its work on a kill.
+
+    `agent_id=` on a guarded or reported call names another agent of the team for that step; one kill of
+    the session stops them all.
+    """
 
     def __init__(self, guard: AgentGuard, session_id: str, *, agent_id: str, tenant_id: str, user_id: str):
         self._guard = guard
-        self.session_id = session_id
-        self.agent_id = agent_id
-        self.tenant_id = tenant_id
-        self.user_id = user_id
+        self.session_id = _checked_id("session_id", session_id)
+        self.agent_id = _checked_id("agent_id", agent_id)
+        self.tenant_id = _checked_id("tenant_id", tenant_id)
+        self.user_id = _checked_id("user_id", user_id)
+        self._key = self.session_id.encode()
+        self._agents: set[str] = {self.agent_id}
         # Starting the sequence at the attach time in microseconds keeps it increasing across agent restarts,
-        # which is what the worker's replay filter needs; no counter has to be stored anywhere.
-        self._seq = time.time_ns() // 1000
+        # which is what the worker's replay filter needs; no counter has to be stored anywhere. One counter
+        # for every agent of the session: each agent's seqs increase, with gaps.
+        self._seq = itertools.count(time.time_ns() // 1000)
         self.kill: KillCommand | None = None
         self.kill_received_at: float | None = None
         self.kill_latency_ms: float | None = None
@@ -354,7 +435,16 @@ class GuardedSession:
         self._work: set[asyncio.Future[Any]] = set()
         self._sent_at: OrderedDict[str, float] = OrderedDict()
         self._step_seqs: deque[int] = deque(maxlen=_RECENT_EVENTS)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._on_kill_callbacks: list[Callable[[KillCommand], object]] = []
+        # What must end before a kill is acknowledged `stopped`.
+        self._runs = 0
+        self._managed = False  # the session used run()/running(): its runs, not its span, are what stops
+        self._attached = False
+        self._threads = 0  # sync calls and runs executing in threads
+        self._interruptible: dict[int, int] = {}  # thread id -> sync runs it is executing
+        self._interrupt_lock = threading.Lock()
+        self._ack_outcome: Literal["stopping", "stopped"] | None = None
+        self._acks: list[asyncio.Future[None]] = []
         self.steps = 0
 
     async def __aenter__(self) -> Self:
@@ -367,16 +457,23 @@ class GuardedSession:
         await self.detach(outcome="killed" if self.kill else ("failed" if exc else "completed"))
 
     async def attach(self, task: str = "") -> None:
+        self._attached = True
         await self._guard._attach(self)
         if self.kill is None:
-            await self._emit(SessionStarted, task=task)
+            self._emit("session.started", self.agent_id, {"task": clip(task, 256)})
 
     async def detach(self, outcome: str = "completed") -> None:
         if self.kill is None:
-            await self._emit(SessionEnded, outcome=outcome)
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            self._emit("session.ended", self.agent_id, {"outcome": outcome})
+        self._attached = False
+        self._maybe_stopped()
         self._guard._detach(self)
+        if self._acks:
+            # The acknowledgement is on the broker when the session's block ends (bounded: never hang).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*self._acks, return_exceptions=True), _ACK_WAIT_S)
+
+    # -- the kill ---------------------------------------------------------------------------------------
 
     @property
     def killed(self) -> bool:
@@ -387,86 +484,53 @@ class GuardedSession:
         assert self.kill is not None
         return self.kill
 
-    async def run(self, work: Coroutine[Any, Any, T]) -> T:
-        """Run the session's work as a task that a kill cancels; a killed run raises `SessionKilled`."""
-        self._gate()
-        task = asyncio.ensure_future(work)
-        return await self._watch(task)
+    def stop_error(self) -> TripwireStop | None:
+        """The exception to raise for this session's stop, or None while it may go on."""
+        return None if self.kill is None else SessionKilled(self.kill)
 
-    async def call_tool(
-        self, tool_name: str, args: Any, fn: Callable[..., Awaitable[T]], *a: Any, **kw: Any
-    ) -> T:
-        """Call a tool through the guard: refused once killed or while the tool's circuit is open
-        (`ToolCircuitOpen`, nothing published), cancelled by a kill, timed and reported."""
-        self._gate()
-        circuits = self._guard.tool_circuits
-        probe = circuits.admit(tool_name, self.tenant_id)
-        outcome: bool | None = None
-        try:
-            call_id = uuid.uuid4().hex
-            await self._emit(
-                ToolCalled,
-                step=True,
-                tool_name=tool_name,
-                call_id=call_id,
-                args_digest=canonical_digest(args),
-            )
-            started = time.perf_counter()
-            status, error_type, result_digest, prints = "ok", None, None, None
-            try:
-                result = await self._watch(asyncio.ensure_future(fn(*a, **kw)))
-                outcome = True
-                result_digest, prints = _describe_result(result)
-                return result
-            except BaseException as exc:
-                status, error_type = "error", type(exc).__name__
-                if isinstance(exc, Exception) and not isinstance(exc, SessionKilled):
-                    outcome = False
-                raise
-            finally:
-                await self._emit(
-                    ToolReturned,
-                    tool_name=tool_name,
-                    call_id=call_id,
-                    status=status,
-                    error_type=error_type,
-                    result_digest=result_digest,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    fingerprints=prints,
-                )
-        finally:
-            if probe is not None:
-                circuits.settle(probe, ok=outcome)
-
-    def turn(self, model: str) -> Turn:
-        """Guard one LLM turn: `async with session.turn("gpt-4o") as turn: ...; turn.record(...)`."""
-        return Turn(self, model)
-
-    async def send_message(self, to_agent_id: str, content: Any) -> None:
-        self._gate()
-        await self._emit(MessageSent, to_agent_id=to_agent_id, content_digest=digest(content))
-
-    async def remember(self, store: str, key: str, content: Any) -> None:
-        """Report a write of `content` (text or JSON-like) to memory `store` under `key`: only its
-        fingerprints leave the process."""
-        self._gate()
-        prints = _content_fingerprints(content) or []
-        await self._emit(MemoryWritten, store=store, key=key, fingerprints=prints)
-
-    async def recall(self, store: str, key: str, content: Any) -> None:
-        """Report that `content` was read back from memory `store` under `key` (its fingerprints only)."""
-        self._gate()
-        prints = _content_fingerprints(content) or []
-        await self._emit(MemoryRead, store=store, key=key, fingerprints=prints)
-
-    async def heartbeat(self) -> None:
-        await self._emit(Heartbeat)
-
-    def _gate(self) -> None:
+    def check(self) -> None:
+        """Raise `SessionKilled` if the session was killed (no I/O; safe from any thread)."""
         if self.kill is not None:
             raise SessionKilled(self.kill)
 
-    async def _watch(self, task: asyncio.Task[T] | asyncio.Future[T]) -> T:
+    def on_kill(self, callback: Callable[[KillCommand], object]) -> None:
+        """Call `callback(command)` when a kill arrives (on the guard's loop; at once if already killed):
+        the hook for a framework's own termination path."""
+        self._on_kill_callbacks.append(callback)
+        if self.kill is not None:
+            callback(self.kill)
+
+    # -- guarded runs -----------------------------------------------------------------------------------
+
+    async def run(self, work: Awaitable[T]) -> T:
+        """Run the session's work as a task that a kill cancels; a killed run raises `SessionKilled`, also
+        when the work swallowed the cancellation, chained to whatever the work raised instead."""
+        self.check()
+        task = asyncio.ensure_future(work)
+        async with self.running():
+            return await self._watch(task)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Mark a guarded run without a task of its own: its end is what a kill's `stopped` waits for. Leaving
+        it while killed raises `SessionKilled`, chained to the exception that ended it."""
+        self.check()
+        self._managed = True
+        self._runs += 1
+        try:
+            yield
+        except TripwireStop:
+            raise
+        except BaseException as exc:
+            if self.kill is not None:
+                raise SessionKilled(self.kill) from (None if isinstance(exc, asyncio.CancelledError) else exc)
+            raise
+        finally:
+            self._runs -= 1
+            self._maybe_stopped()
+        self.check()
+
+    async def _watch(self, task: asyncio.Future[T]) -> T:
         self._work.add(task)
         try:
             return await task
@@ -477,25 +541,295 @@ class GuardedSession:
         finally:
             self._work.discard(task)
 
-    async def _emit(self, kind: type[AgentEvent], *, step: bool = False, **fields: Any) -> None:
-        self._seq += 1
-        event = kind(
-            event_id=uuid.uuid4().hex,
-            session_id=self.session_id,
-            agent_id=self.agent_id,
-            tenant_id=self.tenant_id,
-            user_id=self.user_id,
-            seq=self._seq,
-            event_time_ms=self._guard.now_ms(),
-            **{k: v for k, v in fields.items() if v is not None},
+    async def _in_call(self, work: Awaitable[T]) -> T:
+        """Await a guarded call in the caller's own task (no task per call); a kill cancels that task and the
+        call raises `SessionKilled`."""
+        task = asyncio.current_task()
+        if task is None or task in self._work:
+            return await work
+        self._work.add(task)
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self.kill is not None:
+                task.uncancel()
+                raise SessionKilled(self.kill) from None
+            raise
+        finally:
+            self._work.discard(task)
+
+    # -- guarded calls ----------------------------------------------------------------------------------
+
+    async def tool_started(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
+        """Pass the gates for one tool call and report it called: raises `SessionKilled`, `BudgetExhausted`
+        or `ToolCircuitOpen` (the tool must not run). Report its end with `returned` or `failed`."""
+        self.check()
+        agent = self._agent(agent_id)
+        probe = self._guard.tool_circuits.admit(tool_name, self.tenant_id)
+        try:
+            reservation = await self._reserve(agent, 0.0) if self._guard.gate is not None else None
+            self.check()
+        except BaseException:
+            if probe is not None:
+                self._guard.tool_circuits.settle(probe, ok=None)
+            raise
+        call = ToolCall(self, clip(tool_name, _MAX_NAME), agent, probe, reservation)
+        self._emit(
+            "tool.called",
+            agent,
+            {
+                "gen_ai.tool.name": call.tool_name,
+                "gen_ai.tool.call.id": call.call_id,
+                "args_digest": canonical_digest(args),
+            },
+            step=True,
         )
-        self._sent_at[event.event_id] = time.perf_counter()
+        return call
+
+    async def model_started(
+        self, model: str, *, agent_id: str | None = None, estimate_usd: float | None = None
+    ) -> ModelCall:
+        """Pass the gates for one model call and report the turn started: raises `SessionKilled` or
+        `BudgetExhausted` (the model must not be called). Report its end with `completed` or `failed`."""
+        self.check()
+        agent = self._agent(agent_id)
+        reservation = None
+        if self._guard.gate is not None:
+            usd = (
+                self._guard.model_reserve_usd if estimate_usd is None else _usd("estimate_usd", estimate_usd)
+            )
+            reservation = await self._reserve(agent, usd)
+            self.check()
+        call = ModelCall(self, clip(model, _MAX_NAME), agent, reservation)
+        self._emit("turn.started", agent, {"gen_ai.request.model": call.model}, step=True)
+        return call
+
+    def tool_started_sync(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
+        """`tool_started` for code running in a thread other than the guard's event loop."""
+        return self._from_thread(self.tool_started(tool_name, args, agent_id=agent_id))
+
+    def model_started_sync(
+        self, model: str, *, agent_id: str | None = None, estimate_usd: float | None = None
+    ) -> ModelCall:
+        """`model_started` for code running in a thread other than the guard's event loop."""
+        return self._from_thread(self.model_started(model, agent_id=agent_id, estimate_usd=estimate_usd))
+
+    def _from_thread(self, work: Coroutine[Any, Any, T]) -> T:
+        loop = self._guard.loop
+        if loop is None:
+            work.close()
+            raise RuntimeError("the AgentGuard is not started")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            work.close()
+            raise RuntimeError("on the guard's own event loop, await the async form instead")
+        return asyncio.run_coroutine_threadsafe(work, loop).result()
+
+    async def call_tool(
+        self, tool_name: str, args: Any, fn: Callable[..., Awaitable[T]], *a: Any, **kw: Any
+    ) -> T:
+        """Call a tool through the guard: refused once killed, past a hard budget or while the tool's circuit
+        is open (`ToolCircuitOpen`, nothing published), cancelled by a kill, timed and reported."""
+        call = await self.tool_started(tool_name, args)
+        try:
+            result = await self._in_call(fn(*a, **kw))
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        call.returned(result)
+        return result
+
+    def turn(self, model: str, *, estimate_usd: float | None = None) -> Turn:
+        """Guard one LLM turn: `async with session.turn("gpt-4o") as turn: ...; turn.record(...)`."""
+        return Turn(self, model, estimate_usd)
+
+    async def send_message(self, to_agent_id: str, content: Any, *, agent_id: str | None = None) -> None:
+        self.check()
+        to = _checked_id("to_agent_id", to_agent_id)
+        self._emit(
+            "message.sent", self._agent(agent_id), {"to_agent_id": to, "content_digest": digest(content)}
+        )
+
+    async def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
+        """Report a write of `content` (text or JSON-like) to memory `store` under `key`: only its
+        fingerprints leave the process."""
+        self.check()
+        self._memory("memory.written", store, key, content, agent_id)
+
+    async def recall(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
+        """Report that `content` was read back from memory `store` under `key` (its fingerprints only)."""
+        self.check()
+        self._memory("memory.read", store, key, content, agent_id)
+
+    def _memory(self, kind: str, store: str, key: str, content: Any, agent_id: str | None) -> None:
+        fields = {"store": clip(store, _MAX_NAME), "key": clip(key, _MAX_NAME)}
+        agent = self._agent(agent_id)
+        if _large(content):
+            self._emit_later(
+                kind, agent, fields, content, lambda c: {"fingerprints": _content_fingerprints(c)}
+            )
+        else:
+            self._emit(kind, agent, {**fields, "fingerprints": _content_fingerprints(content) or []})
+
+    async def heartbeat(self) -> None:
+        self._emit("heartbeat", self.agent_id, {})
+
+    # -- after the fact ---------------------------------------------------------------------------------
+
+    def record_tool(
+        self,
+        tool_name: str,
+        args: Any,
+        *,
+        result: Any = None,
+        error: BaseException | str | None = None,
+        latency_ms: float | None = None,
+        agent_id: str | None = None,
+    ) -> None:
+        """Report a tool call that already ran (a framework callback): the same events, digests and
+        fingerprints as a guarded call, without the gates. Never raises for a kill."""
+        call = ToolCall(self, clip(tool_name, _MAX_NAME), self._agent(agent_id), None, None)
+        self._emit(
+            "tool.called",
+            call.agent_id,
+            {
+                "gen_ai.tool.name": call.tool_name,
+                "gen_ai.tool.call.id": call.call_id,
+                "args_digest": canonical_digest(args),
+            },
+            step=True,
+        )
+        if latency_ms is not None:
+            call._started -= max(0.0, latency_ms) / 1000
+        if error is None:
+            call.returned(result)
+        else:
+            call.failed(error)
+
+    def record_turn(
+        self,
+        model: str,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+        context_tokens: int = 0,
+        output: Any = None,
+        agent_id: str | None = None,
+    ) -> None:
+        """Report a model call that already ran (a framework callback): turn.started then turn.completed."""
+        call = ModelCall(self, clip(model, _MAX_NAME), self._agent(agent_id), None)
+        self._emit("turn.started", call.agent_id, {"gen_ai.request.model": call.model}, step=True)
+        call.completed(
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            context_tokens=context_tokens,
+            output=output,
+        )
+
+    # -- internals --------------------------------------------------------------------------------------
+
+    def _agent(self, agent_id: str | None) -> str:
+        if agent_id is None or agent_id in self._agents:
+            return agent_id or self.agent_id
+        checked = _checked_id("agent_id", agent_id)
+        self._agents.add(checked)
+        return checked
+
+    async def _reserve(self, agent_id: str, usd: float) -> Reservation | None:
+        gate = self._guard.gate
+        assert gate is not None
+        answer = await gate.reserve(
+            session_id=self.session_id, agent_id=agent_id, tenant_id=self.tenant_id, usd=usd, step=True
+        )
+        if isinstance(answer, Refusal):
+            log.warning("session %s: call refused by the budget gate (%s)", self.session_id, answer.limit)
+            raise BudgetExhausted(self.session_id, answer.limit, answer.spent, answer.cap)
+        return answer
+
+    def _settle(self, reservation: Reservation | None, usd: float, tokens: int) -> None:
+        gate = self._guard.gate
+        if reservation is None or gate is None:
+            return
+        self._on_loop(lambda: self._guard._background(gate.settle(reservation, usd=usd, tokens=tokens)))
+
+    def _envelope(self, kind: str, agent_id: str) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": kind,
+            "event_id": os.urandom(16).hex(),
+            "session_id": self.session_id,
+            "agent_id": agent_id,
+            "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
+            "seq": next(self._seq),
+            "event_time_ms": self._guard.now_ms(),
+        }
+
+    def _note(self, body: dict[str, Any], step: bool) -> None:
+        self._sent_at[body["event_id"]] = time.perf_counter()
         if len(self._sent_at) > _RECENT_EVENTS:
             self._sent_at.popitem(last=False)
         if step:
             self.steps += 1
-            self._step_seqs.append(self._seq)
-        await self._guard._publish(event)
+            self._step_seqs.append(body["seq"])
+
+    def _emit(
+        self,
+        kind: str,
+        agent_id: str,
+        fields: dict[str, Any],
+        *,
+        step: bool = False,
+        done: asyncio.Future[None] | None = None,
+    ) -> None:
+        body = self._envelope(kind, agent_id)
+        body.update((k, v) for k, v in fields.items() if v is not None)
+        self._note(body, step)
+        self._guard.outbox.put(self._key, orjson.dumps(body), done)
+
+    def _emit_later(
+        self,
+        kind: str,
+        agent_id: str,
+        fields: dict[str, Any],
+        content: Any,
+        describe: Callable[[Any], dict[str, Any]],
+    ) -> None:
+        """Queue an event whose last fields are computed from `content` in a thread (a large result): its
+        place in the outbox is kept, so the session's events stay in order."""
+        body = self._envelope(kind, agent_id)
+        body.update((k, v) for k, v in fields.items() if v is not None)
+        self._note(body, False)
+
+        def finish() -> bytes:
+            body.update((k, v) for k, v in describe(content).items() if v is not None)
+            return orjson.dumps(body)
+
+        loop = self._guard.loop
+        assert loop is not None
+
+        def queue() -> None:
+            future: asyncio.Future[bytes] = loop.run_in_executor(None, finish)
+            self._guard.outbox.put(self._key, future)
+
+        self._on_loop(queue)
+
+    def _on_loop(self, fn: Callable[[], object]) -> None:
+        loop = self._guard.loop
+        assert loop is not None
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
 
     def _on_kill(self, command: KillCommand) -> None:
         if self.kill is not None:
@@ -508,43 +842,198 @@ class GuardedSession:
             self.steps_after_breach = sum(1 for seq in self._step_seqs if seq > command.breach_seq)
         for task in list(self._work):
             task.cancel(f"tripwire kill {command.command_id}")
+        self._interrupt_threads()
         self._killed.set()
         log.warning("session %s killed by %s: %s", self.session_id, command.detector, command.reason)
-        ack = asyncio.ensure_future(self._acknowledge(command))
-        self._pending.add(ack)
-        ack.add_done_callback(self._pending.discard)
+        for callback in list(self._on_kill_callbacks):
+            try:
+                callback(command)
+            except Exception:
+                log.exception("an on_kill callback of session %s failed", self.session_id)
+        if not self._maybe_stopped():
+            self._acknowledge("stopping")
 
-    async def _acknowledge(self, command: KillCommand) -> None:
-        try:
-            future = await self._ack_event(command)
-            await future
-        except Exception:
-            log.exception("could not acknowledge kill %s of session %s", command.command_id, self.session_id)
+    def _maybe_stopped(self) -> bool:
+        """Acknowledge `stopped` once the kill's guarded work has all ended; True when it has."""
+        if self.kill is None or self._ack_outcome == "stopped":
+            return self._ack_outcome == "stopped"
+        if self._runs or self._threads or (self._attached and not self._managed):
+            return False
+        self._acknowledge("stopped")
+        return True
 
-    async def _ack_event(self, command: KillCommand) -> asyncio.Future[object]:
-        self._seq += 1
-        event = ControlAck(
-            event_id=uuid.uuid4().hex,
-            session_id=self.session_id,
-            agent_id=self.agent_id,
-            tenant_id=self.tenant_id,
-            user_id=self.user_id,
-            seq=self._seq,
-            event_time_ms=self._guard.now_ms(),
-            command_id=command.command_id,
-            outcome="stopped",
-            kill_latency_ms=self.kill_latency_ms,
-        )
-        return await self._guard._publish(event)
+    def _acknowledge(self, outcome: Literal["stopping", "stopped"]) -> None:
+        assert self.kill is not None
+        self._ack_outcome = outcome
+        loop = self._guard.loop
+        assert loop is not None
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(self._ack_sent)
+        self._acks.append(done)
+        if outcome == "stopped":
+            log.info("session %s: the guarded work has ended; kill acknowledged", self.session_id)
+        fields: dict[str, Any] = {"command_id": self.kill.command_id, "outcome": outcome}
+        if self.kill_latency_ms is not None:
+            fields["kill_latency_ms"] = self.kill_latency_ms
+        self._emit("control.ack", self.agent_id, fields, done=done)
+
+    def _ack_sent(self, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            log.error("could not acknowledge kill of session %s: %s", self.session_id, done.exception())
+
+    # -- sync runs in threads -----------------------------------------------------------------------------
+
+    def _thread_started(self, *, interruptible: bool) -> None:
+        """A sync call or run begins in the current thread (called from that thread)."""
+        with self._interrupt_lock:
+            self._threads += 1
+            if interruptible:
+                tid = threading.get_ident()
+                self._interruptible[tid] = self._interruptible.get(tid, 0) + 1
+                self._managed = True
+
+    def _thread_ended(self, *, interruptible: bool) -> None:
+        with self._interrupt_lock:
+            self._threads -= 1
+            if interruptible:
+                tid = threading.get_ident()
+                left = self._interruptible[tid] - 1
+                if left:
+                    self._interruptible[tid] = left
+                else:
+                    del self._interruptible[tid]
+                    # An interrupt injected after the run's code returned must not fire later, elsewhere.
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+        self._on_loop(self._maybe_stopped)
+
+    def _interrupt_threads(self) -> None:
+        with self._interrupt_lock:
+            for tid in self._interruptible:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Interrupt))
+
+
+class ToolCall:
+    """A tool call that passed the gates; report how it ended with `returned` or `failed` (once)."""
+
+    def __init__(
+        self,
+        session: GuardedSession,
+        tool_name: str,
+        agent_id: str,
+        probe: tuple[tuple[str, str], int] | None,
+        reservation: Reservation | None,
+    ) -> None:
+        self._session = session
+        self.tool_name = tool_name
+        self.agent_id = agent_id
+        self.call_id = os.urandom(16).hex()
+        self._probe = probe
+        self._reservation = reservation
+        self._started = time.perf_counter()
+        self._ended = False
+
+    def returned(self, result: Any = None) -> None:
+        """The tool returned `result`: tool.returned with its digest and fingerprints (large results are
+        fingerprinted in a thread)."""
+        if self._end(ok=True):
+            return
+        fields = self._fields("ok", None)
+        if _large(result):
+            self._session._emit_later(
+                "tool.returned",
+                self.agent_id,
+                fields,
+                result,
+                lambda r: dict(zip(("result_digest", "fingerprints"), _describe_result(r), strict=True)),
+            )
+        else:
+            result_digest, prints = _describe_result(result)
+            self._session._emit(
+                "tool.returned",
+                self.agent_id,
+                {**fields, "result_digest": result_digest, "fingerprints": prints},
+            )
+
+    def failed(self, error: BaseException | str) -> None:
+        """The tool raised `error` (or was stopped): tool.returned with status error and the error's class."""
+        # A stop says nothing about the tool, so a probing circuit is left for the next call to decide.
+        tool_fault = isinstance(error, str | Exception)
+        if self._end(ok=False if tool_fault else None):
+            return
+        name = error if isinstance(error, str) else type(error).__name__
+        self._session._emit("tool.returned", self.agent_id, self._fields("error", clip(name, _MAX_NAME)))
+
+    def _end(self, *, ok: bool | None) -> bool:
+        if self._ended:
+            return True
+        self._ended = True
+        if self._probe is not None:
+            self._session._guard.tool_circuits.settle(self._probe, ok=ok)
+        self._session._settle(self._reservation, 0.0, 0)
+        return False
+
+    def _fields(self, status: str, error_type: str | None) -> dict[str, Any]:
+        return {
+            "gen_ai.tool.name": self.tool_name,
+            "gen_ai.tool.call.id": self.call_id,
+            "status": status,
+            "error.type": error_type,
+            "latency_ms": (time.perf_counter() - self._started) * 1000,
+        }
+
+
+class ModelCall:
+    """A model call that passed the gates; report how it ended with `completed` or `failed` (once)."""
+
+    def __init__(
+        self, session: GuardedSession, model: str, agent_id: str, reservation: Reservation | None
+    ) -> None:
+        self._session = session
+        self.model = model
+        self.agent_id = agent_id
+        self._reservation = reservation
+        self._ended = False
+
+    def completed(
+        self,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+        context_tokens: int = 0,
+        output: Any = None,
+    ) -> None:
+        """The model answered: turn.completed with its usage; the reservation is replaced by `cost_usd`."""
+        if self._ended:
+            return
+        self._ended = True
+        usd = _usd("cost_usd", cost_usd)
+        fields: dict[str, Any] = {
+            "gen_ai.request.model": self.model,
+            "gen_ai.usage.input_tokens": _count("input_tokens", input_tokens),
+            "gen_ai.usage.output_tokens": _count("output_tokens", output_tokens),
+            "cost_usd": usd,
+            "context_tokens": _count("context_tokens", context_tokens),
+            "output_digest": None if output is None else digest(output),
+        }
+        self._session._settle(self._reservation, usd, input_tokens + output_tokens)
+        self._session._emit("turn.completed", self.agent_id, fields)
+
+    def failed(self, error: BaseException | str | None = None) -> None:
+        """The model call raised or was stopped: turn.completed with no usage; the reservation is released."""
+        del error  # the turn event has no error field; the failure shows as a turn without usage
+        self.completed()
 
 
 class Turn:
     """One guarded LLM turn; call `record()` with the usage before the block ends."""
 
-    def __init__(self, session: GuardedSession, model: str) -> None:
+    def __init__(self, session: GuardedSession, model: str, estimate_usd: float | None = None) -> None:
         self._session = session
         self.model = model
-        self._usage: dict[str, Any] = {"input_tokens": 0, "output_tokens": 0}
+        self._estimate = estimate_usd
+        self._call: ModelCall | None = None
+        self._usage: dict[str, Any] = {}
 
     def record(
         self,
@@ -560,17 +1049,17 @@ class Turn:
             "output_tokens": output_tokens,
             "cost_usd": cost_usd,
             "context_tokens": context_tokens,
-            "output_digest": None if output is None else digest(output),
+            "output": output,
         }
 
     async def call(self, work: Awaitable[T]) -> T:
         """Await the model call inside the turn so that a kill cancels it."""
-        return await self._session._watch(asyncio.ensure_future(work))
+        return await self._session._in_call(work)
 
     async def __aenter__(self) -> Self:
-        self._session._gate()
-        await self._session._emit(TurnStarted, step=True, model=self.model)
+        self._call = await self._session.model_started(self.model, estimate_usd=self._estimate)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._session._emit(TurnCompleted, model=self.model, **self._usage)
+        assert self._call is not None
+        self._call.completed(**self._usage)

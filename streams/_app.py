@@ -25,12 +25,13 @@ import faust
 import orjson
 from prometheus_client import Counter, Gauge, Histogram
 
-from agents_contract import CommandSigner, Fence, FenceError, encode_command
+from agents_contract import CommandSigner, Fence, FenceError, encode_command, publish_limits
 from detectors import SessionState, pack_stage_records, wall_clock
 from streams import _transport as transport
 from streams._config import ConfigError, Settings, load_settings
 from streams._dlq import BoundedLog, dead_letter, raw_copy
 from streams._fencing import FenceKeeper
+from streams._limits import gate_layers
 from streams._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord, Retention
 from streams._readiness import Readiness
 from streams._stages import StageJudge, StageResult
@@ -542,10 +543,18 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
             )
         pipeline.reconfigure(fresh.detectors)
         stage_judge.reconfigure(fresh.detectors)
+        await publish_gate_limits()
         RELOADS.labels("applied").inc()
         log.warning("detector config reloaded from %s", config_path)
 
     app.timer(interval=conf.timer_interval_s)(_guarded("reload_detector_config", reload_detector_config))
+
+    async def publish_gate_limits() -> None:
+        # Every 30 s, not once: a Redis that restarted without its data gets the limits back.
+        await publish_limits(fence.redis, gate_layers(pipeline.settings))
+
+    app.timer(interval=30.0)(_guarded("publish_gate_limits", publish_gate_limits))
+    app.task(_guarded("publish_gate_limits", publish_gate_limits))
 
     if settings.sinks.in_worker:
 

@@ -189,6 +189,7 @@ class Pipeline:
 
     def reconfigure(self, settings: DetectorSettings) -> None:
         """Judge the next batch with these settings (a config reload)."""
+        self.settings = settings
         self.suite = build_suite(settings, self._clock)
         self.stages = frozenset(str(armed.detector.stage) for armed in keyed_detectors(settings))
         self.intake = settings.intake
@@ -366,7 +367,8 @@ class Pipeline:
     def _settle(self, state: SessionState, ack: ControlAck, result: BatchResult) -> None:
         """Note the first acknowledgement of this worker's kill; acks of other commands (a manual kill,
         a repeat from a second agent of the session) change nothing."""
-        if state.killed_by is None or state.acked_ms:
+        # `stopping`: the agent refuses further steps but its run has not ended; the ack timeout still runs.
+        if state.killed_by is None or state.acked_ms or ack.outcome == "stopping":
             return
         if ack.command_id != kill_command_id(state.session_id, state.killed_by):
             return

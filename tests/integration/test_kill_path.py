@@ -118,8 +118,17 @@ async def test_kill_stops_the_agent_mid_call_and_is_acknowledged(stack: LocalSta
         body = orjson.loads(value or b"{}")
         return body.get("kind") == "control.ack" and body.get("command_id") == command_id
 
-    (ack,) = await read_topic(stack, stack.topics["events"], is_ack)
-    assert orjson.loads(ack[1] or b"")["outcome"] == "stopped"
+    # The kill arrived while the run was still in its slow call: `stopping` at once, `stopped` once the run
+    # had ended; only the second settles the kill.
+    outcomes: list[str] = []
+    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
+
+        async def stopped() -> bool:
+            outcomes.extend(orjson.loads(r[1] or b"")["outcome"] for r in await reader.read() if is_ack(*r))
+            return "stopped" in outcomes
+
+        await wait_for("the stopped acknowledgement", stopped)
+    assert outcomes == ["stopping", "stopped"]
 
     def is_alert(key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> bool:
         return key == b"s-kill"
