@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import heapq
 import re
+import time
 import unicodedata
 import uuid
 from typing import Any, Final
@@ -40,10 +41,11 @@ _NOT_WORD: Final = re.compile(r"[^\w\s]+")
 _SPACE: Final = re.compile(r"\s")
 
 
-_CHUNK: Final = 32_768
+_CHUNK: Final = 16_384
+_BLOCK: Final = 2_048
 
 
-def _words(text: str) -> list[str]:
+def _words(text: str, *, cooperative: bool = False) -> list[str]:
     """The normalised words of `text`. A long text is normalised in pieces cut at whitespace (followed by a
     character that does not combine with it), which gives the same words, so no single C call holds the
     interpreter for long: fingerprinting in a thread leaves the agent's event loop free to take a kill."""
@@ -62,6 +64,8 @@ def _words(text: str) -> list[str]:
             found = _SPACE.search(text, cut)
         words.extend(_NOT_WORD.sub("", unicodedata.normalize("NFKC", text[start:end]).casefold()).split())
         start = end
+        if cooperative:
+            time.sleep(0)
     return words
 
 
@@ -70,17 +74,27 @@ def _hash(words: list[str]) -> int:
     return int.from_bytes(hashlib.blake2b(body, digest_size=8, person=_PERSON).digest(), "big")
 
 
-def fingerprints(text: str, *, shingle: int = 8, window: int = 4, limit: int = 64) -> list[int]:
+def fingerprints(
+    text: str, *, shingle: int = 8, window: int = 4, limit: int = 64, cooperative: bool = False
+) -> list[int]:
     """Winnowed 64-bit fingerprints of `text`: texts sharing a passage of `shingle + window - 1` words share
-    one. At most `limit` of them (the contract carries at most 512); [] for text under 4 words."""
+    one. At most `limit` of them (the contract carries at most 512); [] for text under 4 words.
+
+    `cooperative` (for a thread beside an event loop): give up the interpreter every few thousand words, so
+    the loop never waits for the whole text; the result is the same."""
     if shingle < 1 or window < 1:
         raise ValueError(f"shingle ({shingle}) and window ({window}) must be at least 1")
     if not 0 <= limit <= MAX_FINGERPRINTS:
         raise ValueError(f"limit is {limit}; it must be between 0 and {MAX_FINGERPRINTS}")
-    words = _words(text)
+    words = _words(text, cooperative=cooperative)
     if len(words) < shingle:
         return [_hash(words)] if len(words) >= MIN_WORDS and limit else []
-    hashes = [_hash(words[i : i + shingle]) for i in range(len(words) - shingle + 1)]
+    hashes: list[int] = []
+    for block in range(0, len(words) - shingle + 1, _BLOCK):
+        end = min(block + _BLOCK, len(words) - shingle + 1)
+        hashes.extend(_hash(words[i : i + shingle]) for i in range(block, end))
+        if cooperative:
+            time.sleep(0)
     kept: dict[int, None] = {}
     for i in range(max(1, len(hashes) - window + 1)):
         kept.setdefault(min(hashes[i : i + window]))

@@ -126,12 +126,12 @@ def _text_of(value: Any) -> str | None:
     return None
 
 
-def _content_fingerprints(value: Any) -> list[int] | None:
+def _content_fingerprints(value: Any, *, cooperative: bool = False) -> list[int] | None:
     text = _text_of(value)
-    return None if text is None else fingerprints(text[:MAX_FINGERPRINT_CHARS])
+    return None if text is None else fingerprints(text[:MAX_FINGERPRINT_CHARS], cooperative=cooperative)
 
 
-def _describe_result(result: Any) -> tuple[str | None, list[int] | None]:
+def _describe_result(result: Any, *, cooperative: bool = False) -> tuple[str | None, list[int] | None]:
     """Result digest and fingerprints; a result the SDK cannot describe is reported without them rather
     than failing a call whose tool succeeded."""
     try:
@@ -139,7 +139,7 @@ def _describe_result(result: Any) -> tuple[str | None, list[int] | None]:
     except (TypeError, ValueError, RecursionError):
         result_digest = None
     try:
-        prints = _content_fingerprints(result) or None
+        prints = _content_fingerprints(result, cooperative=cooperative) or None
     except (TypeError, ValueError, RecursionError):
         prints = None
     return result_digest, prints
@@ -669,7 +669,11 @@ class GuardedSession:
         agent = self._agent(agent_id)
         if _large(content):
             self._emit_later(
-                kind, agent, fields, content, lambda c: {"fingerprints": _content_fingerprints(c)}
+                kind,
+                agent,
+                fields,
+                content,
+                lambda c: {"fingerprints": _content_fingerprints(c, cooperative=True) or []},
             )
         else:
             self._emit(kind, agent, {**fields, "fingerprints": _content_fingerprints(content) or []})
@@ -944,7 +948,9 @@ class ToolCall:
                 self.agent_id,
                 fields,
                 result,
-                lambda r: dict(zip(("result_digest", "fingerprints"), _describe_result(r), strict=True)),
+                lambda r: dict(
+                    zip(("result_digest", "fingerprints"), _describe_result(r, cooperative=True), strict=True)
+                ),
             )
         else:
             result_digest, prints = _describe_result(result)

@@ -40,6 +40,8 @@ from detectors import DetectorSettings, DetectorSuite, SessionState, build_polic
 from streams._kafka import RecordProducer, TopicReader
 from streams._replay import replay_lines
 from streams._scenarios import in_time_order, overrides, scenario_library
+from streams._sdkbench import describe as describe_sdk
+from streams._sdkbench import sdk_costs
 from streams._stack import LocalStack
 
 _KILL_USD = 50.0
@@ -234,6 +236,8 @@ async def _bench(
                 await _throughput_round(stack, events, sessions=max(1, events // 10), partitions=partitions)
             )
             print(f"bench: round {r + 1}: {rates[-1]:,.0f} events/s", file=sys.stderr)
+        print("bench: SDK cost per call", file=sys.stderr)
+        sdk = await sdk_costs(stack)
         stop = asyncio.Event()
         background = asyncio.create_task(_background(stack, rate, stop))
         try:
@@ -252,6 +256,7 @@ async def _bench(
             "median_events_per_s": round(statistics.median(rates)),
             "spread_max_over_min": round(max(rates) / min(rates), 2),
         },
+        "sdk": sdk,
         "kill_latency_ms": {
             "background_events_per_s": rate,
             "background_events_sent": sent,
@@ -298,6 +303,8 @@ def run_bench(
     )
     sizes = ", ".join(f"{b:,} B after {n} events" for n, b in report["state_bytes_per_session"].items())
     print(f"session state (changelog record): {sizes}")
+    for line in describe_sdk(report["sdk"]):
+        print(line)
     lib = report["scenario_library_replay"]
     print(
         f"detectors alone over the scenario library (replay, no broker): "

@@ -155,15 +155,19 @@ class LocalStack:
                 raise TimeoutError(f"worker {self.app_id} still {lag} events behind after {timeout_s:g}s")
             await asyncio.sleep(0.1)
 
-    def guard(self) -> AgentGuard:
-        return AgentGuard(
-            bootstrap=self.bootstrap,
-            redis_url=self.redis_url,
-            signing_key=self.signing_key,
-            idempotent=self.idempotent,
-            events_topic=self.topics["events"],
-            control_topic=self.topics["control"],
-        )
+    def guard_settings(self) -> dict[str, Any]:
+        """The AgentGuard (or SyncAgentGuard) arguments for this stack."""
+        return {
+            "bootstrap": self.bootstrap,
+            "redis_url": self.redis_url,
+            "signing_key": self.signing_key,
+            "idempotent": self.idempotent,
+            "events_topic": self.topics["events"],
+            "control_topic": self.topics["control"],
+        }
+
+    def guard(self, **options: Any) -> AgentGuard:
+        return AgentGuard(**self.guard_settings(), **options)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.worker is not None:
