@@ -12,6 +12,7 @@ from agents_contract._commands import (
     kill_command_id,
     parse_command,
 )
+from agents_contract._dev import dev_stack
 from agents_contract._events import (
     EVENT_KINDS,
     MAX_EVENT_BYTES,
@@ -97,6 +98,7 @@ __all__ = [
     "clip",
     "clip_id",
     "contract_json_schema",
+    "dev_stack",
     "digest",
     "encode_command",
     "encode_event",

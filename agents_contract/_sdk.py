@@ -177,6 +177,12 @@ def _count(what: str, value: int) -> int:
     return value
 
 
+async def _yield_to_the_loop() -> None:
+    """One pass of the event loop before each guarded call: a run of instant calls (a cached tool, a fake
+    model) would otherwise never let the control listener read a kill or the outbox send an event."""
+    await asyncio.sleep(0)
+
+
 class _Outbox:
     """The guard's ordered queue of encoded events and the task that produces them.
 
@@ -563,6 +569,7 @@ class GuardedSession:
     async def tool_started(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
         """Pass the gates for one tool call and report it called: raises `SessionKilled`, `BudgetExhausted`
         or `ToolCircuitOpen` (the tool must not run). Report its end with `returned` or `failed`."""
+        await _yield_to_the_loop()
         self.check()
         agent = self._agent(agent_id)
         probe = self._guard.tool_circuits.admit(tool_name, self.tenant_id)
@@ -591,6 +598,7 @@ class GuardedSession:
     ) -> ModelCall:
         """Pass the gates for one model call and report the turn started: raises `SessionKilled` or
         `BudgetExhausted` (the model must not be called). Report its end with `completed` or `failed`."""
+        await _yield_to_the_loop()
         self.check()
         agent = self._agent(agent_id)
         reservation = None

@@ -12,6 +12,7 @@ tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSO
 tripwire replay FILE.jsonl [--config FILE] [--json]         the detectors over recorded events, offline
 tripwire schema                                             the wire contract as JSON Schema
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
+tripwire up [--foreground] | down                           a local stack to develop against
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
     p.set_defaults(run=_demo)
 
+    p = sub.add_parser(
+        "up", help="start a local stack (embedded broker, Valkey, a worker) and keep it running"
+    )
+    p.add_argument("--foreground", action="store_true", help="run in this terminal until Ctrl-C")
+    p.set_defaults(run=lambda args: _up().run_up(foreground=args.foreground))
+    p = sub.add_parser("down", help="stop the local stack `tripwire up` started")
+    p.set_defaults(run=lambda args: _up().run_down())
+
     p = sub.add_parser("bench", help="measure throughput and kill latency")
     p.add_argument("--bootstrap", help="use this Kafka instead of the embedded broker")
     p.add_argument("--redis", help="use this Redis URL instead of the embedded Valkey")
@@ -139,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_bench)
     return parser
+
+
+def _up() -> Any:
+    from streams import _up
+
+    return _up
 
 
 def _schema(args: argparse.Namespace) -> int:
