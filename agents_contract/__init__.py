@@ -52,7 +52,7 @@ from agents_contract._sdk import (
     digest,
 )
 from agents_contract._sync import SyncAgentGuard, SyncSession, SyncTurn
-from agents_contract._text import MAX_ID, MAX_REASON, bounded_evidence, clip, clip_id
+from agents_contract._text import MAX_ID, MAX_REASON, agent_id_for, bounded_evidence, clip, clip_id
 
 __all__ = [
     "EVENT_KINDS",
@@ -93,6 +93,7 @@ __all__ = [
     "Turn",
     "TurnCompleted",
     "TurnStarted",
+    "agent_id_for",
     "bounded_evidence",
     "canonical_digest",
     "clip",

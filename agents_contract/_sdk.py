@@ -177,10 +177,19 @@ def _count(what: str, value: int) -> int:
     return value
 
 
+_YIELD_EVERY_S: Final = 0.001
+_last_yield = 0.0
+
+
 async def _yield_to_the_loop() -> None:
-    """One pass of the event loop before each guarded call: a run of instant calls (a cached tool, a fake
-    model) would otherwise never let the control listener read a kill or the outbox send an event."""
-    await asyncio.sleep(0)
+    """A pass of the event loop before a guarded call when none ran for a millisecond: a run of instant calls
+    (a cached tool, a fake model) would otherwise never let the control listener read a kill or the outbox
+    send an event. Calls that await real work yield anyway and pay nothing here."""
+    global _last_yield
+    now = time.perf_counter()
+    if now - _last_yield >= _YIELD_EVERY_S:
+        _last_yield = now
+        await asyncio.sleep(0)
 
 
 class _Outbox:
@@ -499,12 +508,18 @@ class GuardedSession:
         if self.kill is not None:
             raise SessionKilled(self.kill)
 
-    def on_kill(self, callback: Callable[[KillCommand], object]) -> None:
+    def on_kill(self, callback: Callable[[KillCommand], object]) -> Callable[[], None]:
         """Call `callback(command)` when a kill arrives (on the guard's loop; at once if already killed):
-        the hook for a framework's own termination path."""
+        the hook for a framework's own termination path. Returns a function that unregisters it."""
         self._on_kill_callbacks.append(callback)
         if self.kill is not None:
             callback(self.kill)
+
+        def unregister() -> None:
+            with contextlib.suppress(ValueError):
+                self._on_kill_callbacks.remove(callback)
+
+        return unregister
 
     # -- guarded runs -----------------------------------------------------------------------------------
 

@@ -143,15 +143,20 @@ class SyncSession:
     def stop_error(self) -> TripwireStop | None:
         return self.session.stop_error()
 
-    def on_kill(self, callback: Callable[[KillCommand], object]) -> None:
-        self.session.on_kill(callback)
+    def on_kill(self, callback: Callable[[KillCommand], object]) -> Callable[[], None]:
+        return self.session.on_kill(callback)
 
     def wait_killed(self, timeout_s: float | None = None) -> KillCommand:
         return self._guard.call(self.session.wait_killed(), timeout_s=timeout_s)
 
     def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """The guarded run: `fn` runs in this thread; a kill interrupts it and `run` raises `SessionKilled`
-        (also when `fn` swallowed the interrupt and returned), chained to what `fn` raised instead."""
+        (also when `fn` swallowed the interrupt and returned), chained to what `fn` raised instead.
+
+        Not for an `fn` that runs an asyncio event loop (`asyncio.run`, a framework's `run_sync`): an
+        interrupt cannot wake a loop waiting in select, and one landing in a loop callback is logged and
+        dropped by asyncio. Wrap such code in `running()` and cancel the loop's task from `on_kill`, as the
+        framework adapters do."""
         with self.running(interruptible=True):
             return fn(*args, **kwargs)
 
@@ -220,6 +225,9 @@ class SyncSession:
 
     def record_turn(self, model: str, **kwargs: Any) -> None:
         self.session.record_turn(model, **kwargs)
+
+    def send_message(self, to_agent_id: str, content: Any, *, agent_id: str | None = None) -> None:
+        self._guard.call(self.session.send_message(to_agent_id, content, agent_id=agent_id))
 
     def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
         self._guard.call(self.session.remember(store, key, content, agent_id=agent_id))

@@ -5,6 +5,7 @@ to a model constructor that would raise on the kill path."""
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any, Final
 
 import orjson
@@ -79,3 +80,17 @@ def bounded_evidence(evidence: dict[str, Any], max_bytes: int = MAX_EVIDENCE_BYT
         out[k] = v
         used += size
     return out
+
+
+_NOT_IN_ID: Final = re.compile(r"[^A-Za-z0-9._:@/+=-]+")
+
+
+def agent_id_for(name: str) -> str:
+    """A framework's agent name ("Senior Researcher") as a valid agent id ("Senior_Researcher"): characters
+    an id cannot hold become `_`, a long name keeps its head and a digest of the whole. "" when nothing of
+    the name can be kept (use the session's own agent id then)."""
+    slug = _NOT_IN_ID.sub("_", name).strip("_")
+    if len(slug) <= MAX_ID:
+        return slug
+    tag = hashlib.sha256(name.encode(errors="replace")).hexdigest()[:16]
+    return f"{slug[: MAX_ID - 17]}_{tag}"

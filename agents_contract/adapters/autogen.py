@@ -1,16 +1,17 @@
-"""AutoGen AgentChat adapter: guard an AssistantAgent or a team (RoundRobinGroupChat, SelectorGroupChat,
-Swarm) through the extension points AutoGen gives every agent. `AutoGenGuard(session)` makes the agents' model
-clients (`model_client(client, "writer")`, a `ChatCompletionClient` whose every `create`/`create_stream`
-first passes the session's gate) and workbenches (`workbench(tools, "writer")`, a `Workbench` whose every
-`call_tool` does), a termination condition for the team (`termination`, an `ExternalTermination` that a kill
-sets), and runs the agent or team (`run`) as the session's guarded run. A kill ends the run on AutoGen's own
-paths: the call in flight is interrupted, the team stops at the next turn, and a refused model call raises an
-ordinary exception, which is what AutoGen turns into a team's error termination (the participant's container
-publishes `GroupChatError`, the manager ends the run). A refused tool call returns an error `ToolResult`
-instead of raising, because AutoGen 0.7's AssistantAgent waits forever for a tool call that raised
-(`_execute_tool_calls` sends its end-of-stream marker only after every call returned); the model never reads
-that result, since every later model call is refused. The run is never cancelled (AutoGen's
-`CancellationToken` leaves tool calls in that same wait); the caller gets `SessionKilled` (or
+"""AutoGen AgentChat adapter: guard an AssistantAgent, or a team of them (a group chat such as
+RoundRobinGroupChat), through the extension points AutoGen gives every agent. `AutoGenGuard(session)` makes
+the agents' model clients (`model_client(client, "writer")`: a `ChatCompletionClient` whose every `create`
+and `create_stream` first passes the session's gate), their workbenches (`workbench(tools, "writer")`: a
+`Workbench` whose every `call_tool` does), a termination condition for the team (`termination`: an
+`ExternalTermination` that a kill sets), and runs the agent or team as the session's guarded run (`run`). A
+kill ends the run on AutoGen's own paths: the call in flight is interrupted, the team stops at its next turn,
+and a refused model call raises an ordinary exception, which is what AutoGen turns into a team's error
+termination (the participant's container publishes `GroupChatError` and the manager ends the run; a
+BaseException would end the team's runtime silently and leave the run waiting). A refused tool call returns an
+error `ToolResult` instead of raising, because AutoGen 0.7's AssistantAgent waits forever for a batch of tool
+calls in which one raised (`_execute_tool_calls` sends its end-of-batch marker only after all returned); no
+model reads that result, since every later model call is refused. Nothing is cancelled (AutoGen's
+`CancellationToken` leaves tool calls in that same wait). The caller gets `SessionKilled` (or
 `BudgetExhausted`), chained to whatever AutoGen raised.
 """
 
@@ -75,15 +76,18 @@ class StoppedByTripwire(RuntimeError):
 
 class AutoGenGuard:
     """One session's guard for AutoGen: the agents' model clients and workbenches, the team's termination
-    condition and the guarded run. One run at a time."""
+    condition and the guarded run. One run at a time.
+
+    Add `termination` to a team's termination condition (`termination_condition=guard.termination | ...`):
+    a kill then also stops the team between turns, before a participant without a guarded client (a
+    UserProxyAgent, a custom agent) speaks.
+    """
 
     def __init__(self, session: GuardedSession) -> None:
         if not isinstance(session, GuardedSession):
             raise TypeError(f"session must be a GuardedSession, got {type(session).__name__}")
         self.session = session
         self.termination = ExternalTermination()
-        """Add it to a team's termination condition (`termination_condition=guard.termination | ...`): a kill
-        then also stops the team between turns, before a participant without a guarded client speaks."""
         self._refusal: TripwireStop | None = None
         self._in_flight: set[asyncio.Future[Any]] = set()
         session.on_kill(self._on_kill)

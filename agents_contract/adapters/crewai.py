@@ -1,30 +1,25 @@
-"""CrewAI adapter: run a crew under a Tripwire session, so every model call and tool call of its agents is
-gated and reported, and a kill ends the run through CrewAI's own deliberate-stop path.
-
-`guarded_kickoff(session, crew, inputs)` (a `SyncSession`) and `await guarded_kickoff_async(session, crew,
-inputs)` (a `GuardedSession`) register four execution-scoped CrewAI hooks for the length of the run: before
-and after each model call, before and after each tool call. They are scoped by a context variable that CrewAI
-copies into every thread it runs agents in, so they see this run only and leave no global registration
-behind. A hook that finds the session stopped (killed, or refused by the budget gate) raises CrewAI's
-`HookAborted`, which CrewAI propagates by design: the agent does not retry it, the model never sees it, and a
-blocked tool does not run. The check after a model call and after a tool call means that an answer or a
-result that arrived after the kill is dropped, not acted on. The whole kickoff is inside the session's guarded
-run, so the SDK acknowledges a kill `stopped` only once CrewAI has returned, and the caller gets the
-`TripwireStop` chained to what CrewAI raised.
+"""CrewAI adapter: `guarded_kickoff(sync_session, crew, inputs)` in place of `crew.kickoff(inputs)`, or
+`await guarded_kickoff_async(session, crew, inputs)` in place of `crew.kickoff_async(inputs)`. For the length
+of the run it registers four execution-scoped CrewAI hooks (before and after each model call and each tool
+call), scoped by the context variable that CrewAI copies into every thread it runs an agent in, so they see
+this run only and leave no global registration behind. The before-hooks are the session's pre-call gates; the
+after-hooks report usage and results. A hook that finds the session stopped (killed, refused by the budget
+gate) raises CrewAI's `HookAborted`, its deliberate stop: the agent never retries it, a blocked tool does not
+run, the model is never shown it, and an answer or a tool result that comes back after the kill is dropped
+rather than acted on. The kickoff is the session's guarded run, so the kill is acknowledged `stopped` only
+once CrewAI has returned, and the caller gets `SessionKilled` chained to the `HookAborted` CrewAI raised.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from agents_contract import ToolCircuitOpen, TripwireStop
+from agents_contract import ToolCircuitOpen, TripwireStop, agent_id_for
 
 if TYPE_CHECKING:
     from crewai import Crew, CrewOutput
@@ -32,10 +27,12 @@ if TYPE_CHECKING:
 
     from agents_contract import GuardedSession, ModelCall, SyncSession, ToolCall
 
-__all__ = ["guarded_kickoff", "guarded_kickoff_async"]
+__all__ = ["CostUsd", "guarded_kickoff", "guarded_kickoff_async"]
 
-_NOT_IN_ID = re.compile(r"[^A-Za-z0-9._:@/+=-]+")
-_MAX_ID = 128
+CostUsd = Callable[[str, int, int], float]
+"""Prices one model call, `(model name, input tokens, output tokens) -> dollars`, for the session's cost
+budget: CrewAI reports tokens, not dollars."""
+
 _HOOK_SOURCE = "tripwire"
 
 
@@ -44,12 +41,14 @@ def guarded_kickoff(
     crew: Crew,
     inputs: dict[str, Any] | None = None,
     *,
-    agent_ids: Mapping[str, str] | None = None,
+    agents: Mapping[str, str] | None = None,
+    cost_usd: CostUsd | None = None,
 ) -> CrewOutput:
-    """Run `crew.kickoff(inputs)` under `session`: each agent's model and tool calls are gated and reported
-    under its `agent_id` (`agent_ids[role]`, else the role made into an id). Raises `SessionKilled` on a kill
-    and `BudgetExhausted` when the budget gate refuses a call, in both cases after the crew has stopped."""
-    run = _CrewRun(session.stop_error, session.model_started, session.tool_started, agent_ids)
+    """`crew.kickoff(inputs)` as the session's guarded run. Each agent's model and tool calls are gated and
+    reported under its `agent_id`: `agents[role]`, else the role with the characters an id cannot hold made
+    `_`. `cost_usd` prices each model call. Raises `SessionKilled` on a kill and `BudgetExhausted` when the
+    budget gate refuses a call, in both cases once the crew has stopped; the output is CrewAI's, unchanged."""
+    run = _CrewRun(session.stop_error, session.model_started, session.tool_started, agents, cost_usd)
     _refuse_streaming(crew)
     with session.running(), run.hooks():
         try:
@@ -65,12 +64,15 @@ async def guarded_kickoff_async(
     crew: Crew,
     inputs: dict[str, Any] | None = None,
     *,
-    agent_ids: Mapping[str, str] | None = None,
+    agents: Mapping[str, str] | None = None,
+    cost_usd: CostUsd | None = None,
 ) -> CrewOutput:
     """`guarded_kickoff` for `crew.kickoff_async(inputs)`, which runs the crew in a thread. A cancellation
     of the caller (or a kill of an enclosing `session.run`) stops the crew at its next model or tool call and
     returns only once that thread has left CrewAI."""
-    run = _CrewRun(session.stop_error, session.model_started_sync, session.tool_started_sync, agent_ids)
+    run = _CrewRun(
+        session.stop_error, session.model_started_sync, session.tool_started_sync, agents, cost_usd
+    )
     _refuse_streaming(crew)
     async with session.running():
         with run.hooks():
@@ -121,7 +123,7 @@ def _crew_output(output: Any) -> CrewOutput:
 @dataclass(slots=True)
 class _OpenTurn:
     call: ModelCall
-    agent: object
+    agent: object  # held so that its id, the key, is not reused while the call is open
     llm: object
     # The LLM's lifetime token totals when the call started: CrewAI reports usage per LLM, not per call.
     tokens: tuple[int, int]
@@ -145,12 +147,14 @@ class _CrewRun:
         stop_error: Callable[[], TripwireStop | None],
         model_started: Callable[..., ModelCall],
         tool_started: Callable[..., ToolCall],
-        agent_ids: Mapping[str, str] | None,
+        agents: Mapping[str, str] | None,
+        cost_usd: CostUsd | None,
     ) -> None:
         self._stop_error = stop_error
         self._model_started = model_started
         self._tool_started = tool_started
-        self._agent_ids = dict(agent_ids or {})
+        self._agents = dict(agents or {})
+        self._cost_usd = cost_usd
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
         self._turns: dict[int, _OpenTurn] = {}
@@ -159,13 +163,28 @@ class _CrewRun:
 
     @contextmanager
     def hooks(self) -> Iterator[None]:
+        """The run's hooks, registered in the current context for as long as the block lasts."""
+        from crewai.hooks import HookAborted
         from crewai.hooks.dispatch import InterceptionPoint, register_scoped, scoped_hooks
 
+        def fail_closed(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+            def guarded_hook(ctx: Any) -> object:
+                try:
+                    return hook(ctx)
+                except HookAborted:
+                    raise
+                except Exception as exc:
+                    fault = exc
+                # CrewAI swallows any other exception of a hook and carries on unguarded: end the run instead.
+                raise self._abort(fault)
+
+            return guarded_hook
+
         with scoped_hooks():
-            register_scoped(InterceptionPoint.PRE_MODEL_CALL, self._before_model)
-            register_scoped(InterceptionPoint.POST_MODEL_CALL, self._after_model)
-            register_scoped(InterceptionPoint.PRE_TOOL_CALL, self._before_tool)
-            register_scoped(InterceptionPoint.POST_TOOL_CALL, self._after_tool)
+            register_scoped(InterceptionPoint.PRE_MODEL_CALL, fail_closed(self._before_model))
+            register_scoped(InterceptionPoint.POST_MODEL_CALL, fail_closed(self._after_model))
+            register_scoped(InterceptionPoint.PRE_TOOL_CALL, fail_closed(self._before_tool))
+            register_scoped(InterceptionPoint.POST_TOOL_CALL, fail_closed(self._after_tool))
             yield
 
     # -- stopping ---------------------------------------------------------------------------------------
@@ -180,12 +199,10 @@ class _CrewRun:
         return self._stop_error() or self._halted
 
     def _abort(self, reason: BaseException | None = None) -> HookAborted:
+        """CrewAI's deliberate stop for this run, after halting it for `reason`."""
         if reason is not None:
             self.halt(reason)
-        from crewai.hooks import HookAborted
-
-        stopped = self._stopped()
-        return HookAborted(f"stopped by Tripwire: {stopped}", source=_HOOK_SOURCE)
+        return _refusal(self._stopped())
 
     def fail(self, exc: BaseException) -> NoReturn:
         """CrewAI's kickoff raised `exc`: close the calls it left open, then raise what ended the run. That
@@ -226,10 +243,10 @@ class _CrewRun:
         self._end_turn(ctx.agent)
         if self._stopped() is not None:
             raise self._abort()
-        refused: BaseException | None = None
+        refused: TripwireStop | None = None
         try:
             call = self._model_started(_model_name(ctx.llm), agent_id=self._agent_id(ctx.agent))
-        except (TripwireStop, Exception) as exc:
+        except TripwireStop as exc:
             refused = exc
         if refused is not None:
             # Raised outside the handler, so that the abort does not carry the refusal as its context.
@@ -256,36 +273,43 @@ class _CrewRun:
         before_in, before_out = turn.tokens
         now_in, now_out = _token_totals(turn.llm)
         input_tokens, output_tokens = max(0, now_in - before_in), max(0, now_out - before_out)
+        cost, unpriced = 0.0, None
+        if self._cost_usd is not None:
+            try:
+                cost = self._cost_usd(turn.call.model, input_tokens, output_tokens)
+            except Exception as exc:
+                unpriced = exc
         turn.call.completed(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cost_usd=cost,
             # What the model was sent this call is its context.
             context_tokens=input_tokens,
             output=output,
         )
+        if unpriced is not None:
+            # The hook ends the run with it: spend that cannot be priced would pass the cost budget unseen.
+            raise unpriced
 
     # -- tool calls -------------------------------------------------------------------------------------
 
     def _before_tool(self, ctx: ToolCallHookContext) -> None:
         self._end_turn(ctx.agent)
-        key, tool_input = id(ctx.tool_input), ctx.tool_input
         if self._stopped() is not None:
-            self._open_tool(key, _OpenTool(tool_input, None))
             raise self._abort()
-        refused: BaseException | None = None
+        refused: TripwireStop | ToolCircuitOpen | None = None
         try:
-            call = self._tool_started(ctx.tool_name, dict(ctx.tool_input), agent_id=self._agent_id(ctx.agent))
+            call = self._tool_started(ctx.tool_name, ctx.tool_input, agent_id=self._agent_id(ctx.agent))
         except ToolCircuitOpen as exc:
-            # An ordinary refusal: CrewAI blocks the call and the model is told the tool is unavailable.
-            self._open_tool(key, _OpenTool(tool_input, None, exc))
+            # Not a stop: CrewAI blocks the call, and the after-hook tells the model the tool is switched off.
+            self._open_tool(_OpenTool(ctx.tool_input, None, exc))
             refused = exc
-        except (TripwireStop, Exception) as exc:
-            self._open_tool(key, _OpenTool(tool_input, None))
+        except TripwireStop as exc:
             self.halt(exc)
             refused = exc
         if refused is not None:
-            raise self._abort()
-        self._open_tool(key, _OpenTool(tool_input, call))
+            raise _refusal(refused)
+        self._open_tool(_OpenTool(ctx.tool_input, call))
 
     def _after_tool(self, ctx: ToolCallHookContext) -> str | None:
         with self._lock:
@@ -293,17 +317,16 @@ class _CrewRun:
         if tool is not None and tool.call is not None:
             raw = ctx.raw_tool_result
             tool.call.returned(ctx.tool_result if raw is None else raw)
-        if False:
+        if self._stopped() is not None:
+            # The result came back after the stop (or the call was blocked by it): the model must not see it.
             raise self._abort()
         if tool is not None and tool.unavailable is not None:
-            return (
-                f"Tool {ctx.tool_name} is unavailable right now ({tool.unavailable}); do not call it again."
-            )
+            return f"Tool unavailable: {tool.unavailable}. It did not run."
         return None
 
-    def _open_tool(self, key: int, tool: _OpenTool) -> None:
+    def _open_tool(self, tool: _OpenTool) -> None:
         with self._lock:
-            self._tools[key] = tool
+            self._tools[id(tool.tool_input)] = tool
 
     def _agent_id(self, agent: object) -> str | None:
         role = getattr(agent, "role", None)
@@ -311,18 +334,20 @@ class _CrewRun:
             return None
         known = self._ids.get(role)
         if known is None:
-            known = self._ids[role] = self._agent_ids.get(role) or _id_of_role(role)
+            known = self._ids[role] = self._agents.get(role) or _id_of_role(role)
         return known or None
 
 
+def _refusal(why: BaseException | None) -> HookAborted:
+    from crewai.hooks import HookAborted
+
+    return HookAborted(f"refused by Tripwire: {type(why).__name__}: {why}", source=_HOOK_SOURCE)
+
+
 def _id_of_role(role: str) -> str:
-    """An agent role ("Senior Researcher") as an agent id ("Senior-Researcher"); "" for a role with no
+    """An agent role ("Senior Researcher") as an agent id ("Senior_Researcher"); "" for a role with no
     character an id may hold (the session's own agent id is used then)."""
-    slug = _NOT_IN_ID.sub("-", role).strip("-")
-    if len(slug) <= _MAX_ID:
-        return slug
-    tag = hashlib.sha256(role.encode(errors="replace")).hexdigest()[:16]
-    return f"{slug[: _MAX_ID - 17]}-{tag}"
+    return agent_id_for(role)
 
 
 def _model_name(llm: object) -> str:

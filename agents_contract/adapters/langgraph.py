@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler, BaseCallbackManager
@@ -35,6 +35,7 @@ log = logging.getLogger("tripwire.adapters.langgraph")
 # "node:task_id|subnode:task_id" (NS_SEP and NS_END in langgraph/_internal/_constants.py, private there).
 _NS_SEP, _NS_END = "|", ":"
 _DONE = object()
+_Call = TypeVar("_Call", ModelCall, ToolCall)
 
 
 def guard_graph(
@@ -269,7 +270,8 @@ class _Gate(BaseCallbackHandler):
             or params.get("_type")
             or "unknown"
         )
-        self._models[run_id] = self._session.model_started_sync(model, agent_id=self._agent_of(metadata))
+        call = self._session.model_started_sync(model, agent_id=self._agent_of(metadata))
+        self._models[run_id] = self._admitted(call)
 
     def on_llm_end(self, response: LLMResult, *, run_id: UUID, **kwargs: Any) -> None:
         if (call := self._models.pop(run_id, None)) is not None:
@@ -291,9 +293,8 @@ class _Gate(BaseCallbackHandler):
     ) -> None:
         name = str((serialized or {}).get("name") or kwargs.get("name") or "tool")
         args = input_str if inputs is None else inputs
-        self._tools[run_id] = self._session.tool_started_sync(
-            name, args, agent_id=self._agent_of(metadata or {})
-        )
+        call = self._session.tool_started_sync(name, args, agent_id=self._agent_of(metadata or {}))
+        self._tools[run_id] = self._admitted(call)
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
         if (call := self._tools.pop(run_id, None)) is None:
@@ -319,6 +320,14 @@ class _Gate(BaseCallbackHandler):
         for tool_run in list(self._tools):
             if (tool := self._tools.pop(tool_run, None)) is not None:
                 self._report(tool.failed, error)
+
+    def _admitted(self, call: _Call) -> _Call:
+        """The gate answered on the guard's loop; a kill that arrived there while this thread was waking up to
+        the answer refuses the call still, here in the thread that is about to run it."""
+        if (stop := self._session.stop_error()) is not None:
+            call.failed(stop)
+            raise stop
+        return call
 
     def _agent_of(self, metadata: Mapping[str, Any]) -> str | None:
         if not self._agents:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import re
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
@@ -45,15 +44,13 @@ from agents_contract import (
     SyncSession,
     ToolCall,
     ToolCircuitOpen,
-    clip_id,
+    agent_id_for,
 )
 
 __all__ = ["guarded_run", "guarded_run_sync"]
 
 CostUsd = Callable[[str, Usage], float]
 """Prices one model call: `(model name, the call's usage) -> dollars`, for the session's cost budget."""
-
-_NOT_IN_ID = re.compile(r"[^A-Za-z0-9._:@/+=-]+")
 
 
 async def guarded_run(
@@ -72,6 +69,10 @@ async def guarded_run(
     agent ids (by default an agent's name is its id); `cost_usd` prices each model call; `hooks` are the
     caller's own run hooks, called after Tripwire's. Raises `SessionKilled` or `BudgetExhausted` when Tripwire
     stopped the run, `ToolCircuitOpen` when a tool it switched off was called."""
+    if not isinstance(session, GuardedSession):
+        raise TypeError(
+            f"guarded_run needs a GuardedSession (for a SyncSession: guarded_run_sync), got {session!r}"
+        )
     gates = _RunGates(session, agents=agents, cost_usd=cost_usd, hooks=hooks, run_config=run_config)
 
     async def run() -> RunResult:
@@ -99,10 +100,15 @@ def guarded_run_sync(
 ) -> RunResult:
     """`Runner.run_sync(agent, input, **kwargs)` as the sync session's guarded run; the arguments and the
     exceptions are `guarded_run`'s."""
+    if not isinstance(session, SyncSession):
+        raise TypeError(
+            f"guarded_run_sync needs a SyncSession (for a GuardedSession: guarded_run), got {session!r}"
+        )
     gates = _RunGates(session, agents=agents, cost_usd=cost_usd, hooks=hooks, run_config=run_config)
     config = gates.cancellable(run_config)
-    # Not `session.run`: an interrupt injected into a thread driving an event loop can land in a loop
-    # callback, which asyncio logs and drops; cancelling the run's task on its own loop cannot be lost.
+    # Not `session.run`: the interrupt it injects does not wake a thread waiting in its loop's select (a hung
+    # tool), and one landing in a loop callback is logged and dropped (asyncio's Handle._run). Cancelling the
+    # turn's task on its own loop (call_soon_threadsafe wakes it) is neither.
     with _circuit_errors(), session.running():
         session.on_kill(gates.cancel_turn)
         try:
@@ -139,10 +145,6 @@ class _RunGates(RunHooks[Any]):
         hooks: RunHooks[Any] | None,
         run_config: RunConfig | None,
     ) -> None:
-        if not isinstance(session, GuardedSession | SyncSession):
-            raise TypeError(
-                f"session must be a GuardedSession or a SyncSession, got {type(session).__name__}"
-            )
         self._session = session
         self._agent_ids = dict(agents or {})
         self._cost_usd = cost_usd
@@ -304,7 +306,7 @@ class _RunGates(RunHooks[Any]):
     def _agent_id(self, agent: Agent[Any]) -> str:
         found = self._agent_ids.get(agent.name)
         if found is None:
-            found = self._agent_ids[agent.name] = clip_id(_NOT_IN_ID.sub("_", agent.name)) or "agent"
+            found = self._agent_ids[agent.name] = agent_id_for(agent.name) or "agent"
         return found
 
     def _model_name(self, agent: Agent[Any]) -> str:
