@@ -51,6 +51,7 @@ from agents_contract._kafka import ControlSubscription, EventPublisher
 from agents_contract._text import clip
 
 T = TypeVar("T")
+C = TypeVar("C", "ToolCall", "ModelCall")
 log = logging.getLogger("tripwire.sdk")
 
 _RECENT_EVENTS: Final = 512
@@ -526,7 +527,10 @@ class GuardedSession:
     async def run(self, work: Awaitable[T]) -> T:
         """Run the session's work as a task that a kill cancels; a killed run raises `SessionKilled`, also
         when the work swallowed the cancellation, chained to whatever the work raised instead."""
-        self.check()
+        if self.kill is not None:
+            if isinstance(work, Coroutine):
+                work.close()  # never started: no "coroutine was never awaited" warning
+            raise SessionKilled(self.kill)
         task = asyncio.ensure_future(work)
         async with self.running():
             return await self._watch(task)
@@ -629,13 +633,23 @@ class GuardedSession:
 
     def tool_started_sync(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
         """`tool_started` for code running in a thread other than the guard's event loop."""
-        return self._from_thread(self.tool_started(tool_name, args, agent_id=agent_id))
+        return self._admitted(self._from_thread(self.tool_started(tool_name, args, agent_id=agent_id)))
 
     def model_started_sync(
         self, model: str, *, agent_id: str | None = None, estimate_usd: float | None = None
     ) -> ModelCall:
         """`model_started` for code running in a thread other than the guard's event loop."""
-        return self._from_thread(self.model_started(model, agent_id=agent_id, estimate_usd=estimate_usd))
+        return self._admitted(
+            self._from_thread(self.model_started(model, agent_id=agent_id, estimate_usd=estimate_usd))
+        )
+
+    def _admitted(self, call: C) -> C:
+        # The gate passed on the loop thread; a kill that arrived while this thread woke up to the answer
+        # stops the call here, before the caller runs it.
+        if self.kill is not None:
+            call.failed(SessionKilled(self.kill))
+            raise SessionKilled(self.kill)
+        return call
 
     def _from_thread(self, work: Coroutine[Any, Any, T]) -> T:
         loop = self._guard.loop
@@ -934,9 +948,22 @@ class GuardedSession:
         self._on_loop(self._maybe_stopped)
 
     def _interrupt_threads(self) -> None:
-        with self._interrupt_lock:
-            for tid in self._interruptible:
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(_Interrupt))
+        # CPython gives a thread that is still starting its creator's id until it runs: an interrupt sent
+        # then could hit the new thread instead (and hang its creator in Thread.start). So interrupt only
+        # while no thread is starting (the limbo lock keeps any from starting meanwhile); else retry soon.
+        with self._interrupt_lock, threading._active_limbo_lock:  # type: ignore[attr-defined]
+            if threading._limbo:  # type: ignore[attr-defined]
+                retry = True
+            else:
+                retry = False
+                for tid in self._interruptible:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(tid), ctypes.py_object(_Interrupt)
+                    )
+        if retry and self._interruptible:
+            loop = self._guard.loop
+            assert loop is not None
+            loop.call_later(0.001, self._interrupt_threads)
 
 
 class ToolCall:

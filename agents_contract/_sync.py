@@ -211,14 +211,12 @@ class SyncSession:
             call.completed(**turn.usage)
 
     def tool_started(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
-        return self._guard.call(self.session.tool_started(tool_name, args, agent_id=agent_id))
+        return self.session.tool_started_sync(tool_name, args, agent_id=agent_id)
 
     def model_started(
         self, model: str, *, agent_id: str | None = None, estimate_usd: float | None = None
     ) -> ModelCall:
-        return self._guard.call(
-            self.session.model_started(model, agent_id=agent_id, estimate_usd=estimate_usd)
-        )
+        return self.session.model_started_sync(model, agent_id=agent_id, estimate_usd=estimate_usd)
 
     def record_tool(self, tool_name: str, args: Any, **kwargs: Any) -> None:
         self.session.record_tool(tool_name, args, **kwargs)

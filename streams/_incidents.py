@@ -104,9 +104,11 @@ async def session_timeline(settings: Settings, incident: Incident) -> list[Agent
 
 def render_markdown(incident: Incident, timeline: list[AgentEvent], *, rows: int = 40) -> str:
     k = incident.kill
-    ack = next(
-        (e for e in timeline if isinstance(e, ControlAck) and e.command_id == incident.incident_id), None
-    )
+    acks = [e for e in timeline if isinstance(e, ControlAck) and e.command_id == incident.incident_id]
+    # The acknowledgement that settles the kill is `stopped`; a `stopping` before it shows the agent
+    # refused further steps while its run was still ending.
+    ack = next((e for e in acks if e.outcome != "stopping"), None)
+    stopping = next((e for e in acks if e.outcome == "stopping"), None)
     agents = sorted({e.agent_id for e in timeline} | ({k.agent_id} if k.agent_id else set()))
     lines = [
         f"# Incident {incident.incident_id}: session {k.session_id} {k.action} by {k.detector}",
@@ -140,8 +142,14 @@ def render_markdown(incident: Incident, timeline: list[AgentEvent], *, rows: int
         verb = what.get(alert.action, alert.action)
         state = " (resolved)" if alert.status == "resolved" else ""
         lines.append(f"- {_utc(alert.detected_at_ms)}: {verb}{state}: {alert.reason}")
+    if stopping is not None:
+        lines.append(
+            f"- {_utc(stopping.event_time_ms)}: agent {stopping.agent_id} refused further steps (stopping)"
+        )
     if ack is not None:
         lines.append(f"- {_utc(ack.event_time_ms)}: agent {ack.agent_id} acknowledged ({ack.outcome})")
+    elif stopping is not None:
+        lines.append("- the agent's run never reported that it ended (no `stopped` acknowledgement)")
     else:
         lines.append("- no acknowledgement from any agent was found in the session's events")
     lines += ["", "## Timings", ""]

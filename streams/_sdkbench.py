@@ -29,9 +29,11 @@ async def _noop(i: int) -> int:
 
 async def _timed(
     session_calls: Callable[[GuardedSession, int], Awaitable[Any]], guard: AgentGuard
-) -> list[float]:
-    """Per-call microseconds of `session_calls`, over fresh sessions of `_PER_SESSION` calls each."""
+) -> tuple[list[float], float]:
+    """Per-call microseconds of `session_calls` over fresh sessions of `_PER_SESSION` calls each, and the
+    whole work per call: the same calls until their events are on the broker, divided by their number."""
     times: list[float] = []
+    started = time.perf_counter_ns()
     while len(times) < _CALLS:
         sid = f"bench-sdk-{uuid.uuid4().hex[:12]}"
         async with guard.session(sid, agent_id="bench", tenant_id="bench", user_id="u") as session:
@@ -43,7 +45,7 @@ async def _timed(
             except SessionKilled:
                 continue
         await guard.flush()
-    return times
+    return times, (time.perf_counter_ns() - started) / 1000 / len(times)
 
 
 async def _bare(n: int) -> list[float]:
@@ -105,19 +107,22 @@ async def sdk_costs(stack: LocalStack) -> dict[str, Any]:
     guard = stack.guard()
     async with guard:
         bare = _p50(await _bare(_CALLS))
-        tool = _p50(await _timed(_tool, guard))
-        turn = _p50(await _timed(_turn, guard))
-        record = _p50(await _timed(_record, guard))
+        tool_times, tool_work = await _timed(_tool, guard)
+        turn_times, _ = await _timed(_turn, guard)
+        record_times, _ = await _timed(_record, guard)
+        tool, turn, record = _p50(tool_times), _p50(turn_times), _p50(record_times)
         holds = {str(size): await _loop_hold(guard, size) for size in (2_800, 330_000, 2_000_000)}
     gated = stack.guard(budget_gate=True)
     async with gated:
-        gate_tool = _p50(await _timed(_tool, gated))
+        gate_times, _ = await _timed(_tool, gated)
+        gate_tool = _p50(gate_times)
     return {
         "calls_per_figure": _CALLS,
         "bare_noop_await_us_p50": bare,
         "guarded_noop_tool_us_p50": tool,
         "guarded_noop_tool_added_us_p50": round(tool - bare, 1),
         "guarded_turn_added_us_p50": round(turn - bare, 1),
+        "guarded_noop_tool_work_us_per_call": round(tool_work, 1),
         "record_tool_after_the_fact_us_p50": record,
         "gate_on_noop_tool_us_p50": gate_tool,
         "gate_added_us_p50": round(gate_tool - tool, 1),
@@ -134,6 +139,8 @@ def describe(report: dict[str, Any]) -> list[str]:
         f"SDK cost per call (median of {r['calls_per_figure']:,}; peer: a bare no-op await, "
         f"{r['bare_noop_await_us_p50']} us): guarded no-op tool +{r['guarded_noop_tool_added_us_p50']} us, "
         f"guarded turn +{r['guarded_turn_added_us_p50']} us, "
+        f"all the SDK's work per guarded no-op (until its 2 events are on the broker) "
+        f"{r['guarded_noop_tool_work_us_per_call']} us, "
         f"record_tool {r['record_tool_after_the_fact_us_p50']} us; pre-call budget gate "
         f"+{r['gate_added_us_p50']} us (a no-op tool call with the gate: {r['gate_on_noop_tool_us_p50']} us)"
     ]

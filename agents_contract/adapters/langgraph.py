@@ -2,10 +2,10 @@
 gives the graph back with `ainvoke`/`astream` (for a `GuardedSession`) or `invoke`/`stream` (for a
 `SyncSession`); each run carries a LangChain callback handler with `raise_error=True` whose chat-model, LLM
 and tool start callbacks are the session's pre-call gates (LangChain calls them before the model or tool runs
-and lets what they raise end that call) and whose end callbacks report usage and results. A kill asks the
-run's `RunControl` to drain, LangGraph's own way to end a run at the next superstep, while the refused gates
-end the superstep it lands in and the guarded run (`session.run`) cancels or interrupts the call in flight;
-the caller gets `SessionKilled`, chained to whatever LangGraph raised.
+and lets what they raise end that call) and whose end callbacks report usage and results. On a kill the next
+model or tool call is refused, the run's `RunControl` is asked to drain (LangGraph's own way to end a run at
+the next superstep) and an async run's step in flight is cancelled; the caller gets `SessionKilled`, chained
+to whatever LangGraph raised.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
@@ -34,7 +34,6 @@ log = logging.getLogger("tripwire.adapters.langgraph")
 # A task's place in nested graphs, as LangGraph writes it in `langgraph_checkpoint_ns`:
 # "node:task_id|subnode:task_id" (NS_SEP and NS_END in langgraph/_internal/_constants.py, private there).
 _NS_SEP, _NS_END = "|", ":"
-_DONE = object()
 _Call = TypeVar("_Call", ModelCall, ToolCall)
 
 
@@ -105,22 +104,17 @@ class GuardedGraph:
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         session = self._sync_session("invoke")
-        with self._run(config, kwargs) as (run_config, control):
-            return session.run(self.graph.invoke, input, run_config, control=control, **kwargs)
+        # running(), not session.run(fn): the interrupt run() injects can land in a thread that the run is
+        # starting (ToolNode starts a thread pool per step; CPython 3.11 gives a new thread its starter's id
+        # until it runs), which then dies before it signals it started, and the run waits for it forever.
+        # The gates and the drain stop the run; a call in flight in a sync run finishes first.
+        with self._run(config, kwargs) as (run_config, control), session.running():
+            return self.graph.invoke(input, run_config, control=control, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         session = self._sync_session("stream")
         with self._run(config, kwargs) as (run_config, control), session.running():
-            parts = cast(
-                Generator[Any, None, None], self.graph.stream(input, run_config, control=control, **kwargs)
-            )
-            try:
-                # Each step is a guarded run of its own, so a kill interrupts the graph, never the caller's
-                # code between parts.
-                while (part := session.run(next, parts, _DONE)) is not _DONE:
-                    yield part
-            finally:
-                parts.close()
+            yield from self.graph.stream(input, run_config, control=control, **kwargs)
 
     def _async_session(self, method: str) -> GuardedSession:
         if not isinstance(self.session, GuardedSession):
@@ -226,6 +220,10 @@ class _Gate(BaseCallbackHandler):
 
     @property
     def ignore_retriever(self) -> bool:
+        return True
+
+    @property
+    def ignore_retry(self) -> bool:
         return True
 
     @property

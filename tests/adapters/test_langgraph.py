@@ -23,12 +23,22 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import RetryPolicy
+from redis.asyncio import Redis
 
-from agents_contract import GuardedSession, KillCommand, SessionKilled, SyncAgentGuard, SyncSession
+from agents_contract import (
+    BudgetExhausted,
+    GuardedSession,
+    KillCommand,
+    SessionKilled,
+    SyncAgentGuard,
+    SyncSession,
+)
+from agents_contract._gate import LIMITS_PREFIX
 from agents_contract.adapters.langgraph import guard_graph
 from streams import TopicReader
 from streams._stack import LocalStack, budget_only
@@ -115,9 +125,7 @@ class RunawayModel(BaseChatModel):
         self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kw: Any
     ) -> ChatResult:
         reply = self._reply(messages)
-        await asyncio.sleep(
-            0.002
-        )  # a model takes time; an instant one could outrun any kill on a busy machine
+        await asyncio.sleep(0.002)  # a model takes time; an instant one could outrun any kill
         return reply
 
 
@@ -225,7 +233,7 @@ async def test_a_runaway_react_graph_is_stopped_at_the_kill(stack: LocalStack, m
     model, searches = RunawayModel(), Searches()
     graph = react_graph(model, [searches.tool(sync=False)], retry=RETRY_ALL)
     end = RunEnd()
-    config = {"recursion_limit": RUNAWAY_STEPS, "callbacks": [end]}
+    config: RunnableConfig = {"recursion_limit": RUNAWAY_STEPS, "callbacks": [end]}
     sid = f"s-lg-{method}"
     async with (
         stack.guard() as guard,
@@ -290,8 +298,8 @@ async def test_a_healthy_team_run_returns_its_result_and_reports_each_agent(stac
         return [(m.type, m.content) for m in result["messages"]]
 
     inputs = {"messages": [("user", "write a report on tripwire")]}
-    # 4 steps (3 turns, 1 tool call): under the stack's max_steps of 5.
     unguarded = await team().ainvoke(inputs)
+    # 4 steps (3 turns, 1 tool call): under the stack's max_steps of 5.
     async with (
         stack.guard() as guard,
         guard.session("s-lg-team", agent_id="team", tenant_id="t", user_id="u") as session,
@@ -333,20 +341,15 @@ async def test_a_sync_runaway_graph_is_stopped_at_the_kill(stack: LocalStack, me
     model, searches = RunawayModel(), Searches()
     graph = react_graph(model, [searches.tool(sync=True)], sync=True, retry=RETRY_ALL)
     end = RunEnd()
-    config = {"recursion_limit": RUNAWAY_STEPS, "callbacks": [end]}
+    config: RunnableConfig = {"recursion_limit": RUNAWAY_STEPS, "callbacks": [end]}
     sid = f"s-lg-sync-{method}"
 
     def app() -> tuple[SessionKilled, dict[str, int]]:
         """A sync program: no event loop of its own, the guard's runs on its own thread."""
-        sync_guard = SyncAgentGuard(
-            bootstrap=stack.bootstrap,
-            redis_url=stack.redis_url,
-            signing_key=stack.signing_key,
-            idempotent=stack.idempotent,
-            events_topic=stack.topics["events"],
-            control_topic=stack.topics["control"],
-        )
-        with sync_guard as guard, guard.session(sid, agent_id="a1", tenant_id="t", user_id="u") as session:
+        with (
+            SyncAgentGuard(**stack.guard_settings()) as guard,
+            guard.session(sid, agent_id="a1", tenant_id="t", user_id="u") as session,
+        ):
             at_kill = counting_at_kill(session, model, searches)
             guarded = guard_graph(graph, session)
             inputs = {"messages": [("user", "find it")]}
@@ -360,6 +363,10 @@ async def test_a_sync_runaway_graph_is_stopped_at_the_kill(stack: LocalStack, me
 
             with pytest.raises(SessionKilled) as killed:
                 run()
+            calls = model.calls
+            with pytest.raises(SessionKilled):
+                guarded.invoke(inputs, config)
+            assert model.calls == calls  # once killed, the graph is refused without running
             return killed.value, at_kill
 
     killed, at_kill = await asyncio.to_thread(app)
@@ -368,3 +375,28 @@ async def test_a_sync_runaway_graph_is_stopped_at_the_kill(stack: LocalStack, me
     assert (model.calls - at_kill["model"], searches.runs - at_kill["tool"]) == (0, 0)
     assert model.errors_seen == 0
     await check_acknowledged_after_the_run(stack, sid, killed.command.command_id, end.ended_ms)
+
+
+async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(
+    stack: LocalStack, redis_url: str
+) -> None:
+    redis = Redis.from_url(redis_url)
+    try:
+        await wait_for("the worker's gate limits", lambda: redis.exists(LIMITS_PREFIX + "default"))
+    finally:
+        await redis.aclose()
+    model, searches = RunawayModel(), Searches()
+    graph = react_graph(model, [searches.tool(sync=False)], retry=RETRY_ALL)
+    async with (
+        stack.guard(budget_gate=True) as guard,
+        guard.session("s-lg-budget", agent_id="a1", tenant_id="t", user_id="u") as session,
+    ):
+        with pytest.raises(BudgetExhausted) as refused:
+            await guard_graph(graph, session).ainvoke(
+                {"messages": [("user", "find it")]}, {"recursion_limit": RUNAWAY_STEPS}
+            )
+        # No kill was needed: the sixth step (a tool call) was refused before it ran, and the run ended.
+        assert not session.killed
+    assert refused.value.limit == "session_budget.max_steps"
+    assert (model.calls, searches.runs) == (3, 2)
+    assert model.errors_seen == 0

@@ -99,7 +99,8 @@ async def test_sync_guard_needs_no_loop_and_a_kill_interrupts_a_sync_run(stack: 
     await asyncio.to_thread(agent)
     assert time.monotonic() - started < DEADLINE_S  # the spin was interrupted, not run out
     events = await events_of(stack, lambda seen: "stopped" in acks(seen, "s-sync"))
-    assert acks(events, "s-sync") == ["stopping", "stopped"]
+    # The interrupt may end the run before the SDK has acknowledged at all; then `stopped` is the only ack.
+    assert acks(events, "s-sync") in (["stopping", "stopped"], ["stopped"])
 
 
 async def test_a_sync_tool_running_at_the_kill_holds_the_ack_at_stopping(stack: LocalStack) -> None:
