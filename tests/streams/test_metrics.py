@@ -84,7 +84,8 @@ async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) ->
     assert value(after, "tripwire_verdicts_total", detector="burn_rate", failure_class="runaway_execution",
                  mode="warn") == 1  # fmt: skip
     assert value(after, "tripwire_kills_total", detector="burn_rate") == 0
-    assert value(after, "tripwire_events_total", kind="control.ack") == 4
+    # Per kill, `stopped`, after a `stopping` when the run was still ending as the kill arrived.
+    assert 4 <= value(after, "tripwire_events_total", kind="control.ack") <= 8
     assert value(after, "tripwire_kill_latency_seconds_count") == 4
     assert value(after, "tripwire_kill_ack_latency_seconds_count") == 4
     assert value(after, "tripwire_kills_unacknowledged") == 0
