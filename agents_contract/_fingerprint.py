@@ -41,8 +41,8 @@ _NOT_WORD: Final = re.compile(r"[^\w\s]+")
 _SPACE: Final = re.compile(r"\s")
 
 
-_CHUNK: Final = 16_384
-_BLOCK: Final = 2_048
+_CHUNK: Final = 4_096
+_BLOCK: Final = 512
 
 
 def _words(text: str, *, cooperative: bool = False) -> list[str]:

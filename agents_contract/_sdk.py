@@ -1081,15 +1081,11 @@ class ModelCall:
         self.completed()
 
 
-class Turn:
-    """One guarded LLM turn; call `record()` with the usage before the block ends."""
+class TurnUsage:
+    """The usage of one turn; `record()` it before the turn's block ends."""
 
-    def __init__(self, session: GuardedSession, model: str, estimate_usd: float | None = None) -> None:
-        self._session = session
-        self.model = model
-        self._estimate = estimate_usd
-        self._call: ModelCall | None = None
-        self._usage: dict[str, Any] = {}
+    def __init__(self) -> None:
+        self.usage: dict[str, Any] = {}
 
     def record(
         self,
@@ -1100,13 +1096,24 @@ class Turn:
         context_tokens: int = 0,
         output: Any = None,
     ) -> None:
-        self._usage = {
+        self.usage = {
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
             "cost_usd": cost_usd,
             "context_tokens": context_tokens,
             "output": output,
         }
+
+
+class Turn(TurnUsage):
+    """One guarded LLM turn; call `record()` with the usage before the block ends."""
+
+    def __init__(self, session: GuardedSession, model: str, estimate_usd: float | None = None) -> None:
+        super().__init__()
+        self._session = session
+        self.model = model
+        self._estimate = estimate_usd
+        self._call: ModelCall | None = None
 
     async def call(self, work: Awaitable[T]) -> T:
         """Await the model call inside the turn so that a kill cancels it."""
@@ -1118,4 +1125,4 @@ class Turn:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._call is not None
-        self._call.completed(**self._usage)
+        self._call.completed(**self.usage)

@@ -27,6 +27,7 @@ from agents_contract._sdk import (
     SessionKilled,
     ToolCall,
     TripwireStop,
+    TurnUsage,
     _Interrupt,
 )
 
@@ -234,25 +235,5 @@ class SyncSession:
         self._guard.call(self.session.recall(store, key, content, agent_id=agent_id))
 
 
-class SyncTurn:
-    """The usage of one sync turn; `record()` it before the block ends."""
-
-    def __init__(self) -> None:
-        self.usage: dict[str, Any] = {}
-
-    def record(
-        self,
-        *,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float = 0.0,
-        context_tokens: int = 0,
-        output: Any = None,
-    ) -> None:
-        self.usage = {
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": cost_usd,
-            "context_tokens": context_tokens,
-            "output": output,
-        }
+SyncTurn = TurnUsage
+"""The usage of one sync turn; `record()` it before the block ends."""

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import random
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -209,6 +210,13 @@ def _guarded(name: str, body: Callable[[], Awaitable[None]]) -> Callable[[], Awa
 _timer_log = BoundedLog(interval_s=30.0)
 
 
+def _datadir(app_id: str) -> Path:
+    # Faust makes the app's own directory but not its parents.
+    parent = Path(tempfile.gettempdir()) / "tripwire-faust"
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent / app_id
+
+
 def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.App:
     conf = settings.worker
     topics = settings.topics
@@ -218,6 +226,9 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
         broker=_broker_urls(settings.kafka.bootstrap),
         broker_client_id=settings.kafka.client_id,
         store="memory://",
+        # Tables live in memory and their changelogs; Faust still makes a data directory, which defaults to
+        # the working directory (one per app id): keep it out of there.
+        datadir=str(_datadir(conf.app_id)),
         web_enabled=False,
         topic_partitions=topics.partitions,
         topic_replication_factor=topics.replication,

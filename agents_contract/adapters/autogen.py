@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
@@ -216,7 +217,7 @@ class TripwireModelClient(ChatCompletionClient):
         cancellation_token: CancellationToken | None = None,
     ) -> CreateResult:
         call = await self._started()
-        try:
+        with self._failing(call):
             result = await self._guard._until_stopped(
                 self.client.create(
                     messages,
@@ -227,12 +228,6 @@ class TripwireModelClient(ChatCompletionClient):
                     cancellation_token=cancellation_token,
                 )
             )
-        except TripwireStop as stop:
-            call.failed(stop)
-            raise self._guard._refused(stop) from stop
-        except BaseException as exc:
-            call.failed(exc)
-            raise
         self._completed(call, result)
         return result
 
@@ -257,16 +252,11 @@ class TripwireModelClient(ChatCompletionClient):
         )
         result: CreateResult | None = None
         try:
-            while (chunk := await self._guard._until_stopped(_next(stream))) is not None:
-                if isinstance(chunk, CreateResult):
-                    result = chunk
-                yield chunk
-        except TripwireStop as stop:
-            call.failed(stop)
-            raise self._guard._refused(stop) from stop
-        except BaseException as exc:
-            call.failed(exc)
-            raise
+            with self._failing(call):
+                while (chunk := await self._guard._until_stopped(_next(stream))) is not None:
+                    if isinstance(chunk, CreateResult):
+                        result = chunk
+                    yield chunk
         finally:
             await stream.aclose()
         if result is None:
@@ -279,6 +269,19 @@ class TripwireModelClient(ChatCompletionClient):
             return await self._guard.session.model_started(self._model, agent_id=self._agent_id)
         except TripwireStop as stop:
             raise self._guard._refused(stop) from stop
+
+    @contextmanager
+    def _failing(self, call: ModelCall) -> Iterator[None]:
+        """Reports `call` failed by whatever its body raises; a refusal by Tripwire is raised as
+        `StoppedByTripwire`, which AutoGen turns into the team's error termination."""
+        try:
+            yield
+        except TripwireStop as stop:
+            call.failed(stop)
+            raise self._guard._refused(stop) from stop
+        except BaseException as exc:
+            call.failed(exc)
+            raise
 
     def _completed(self, call: ModelCall, result: CreateResult) -> None:
         usage = result.usage

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import orjson
 import pytest
-import pytest_asyncio
 
 pytest.importorskip(
     "autogen_agentchat", reason="AutoGen is an extra: pip install 'tripwire-guardrail[autogen]'"
@@ -38,29 +37,16 @@ from autogen_core.models import (
 )
 from autogen_core.tools import FunctionTool, Tool, ToolSchema
 from pydantic import BaseModel
-from redis.asyncio import Redis
 
 from agents_contract import BudgetExhausted, GuardedSession, SessionKilled, digest
-from agents_contract._gate import LIMITS_PREFIX
 from agents_contract.adapters.autogen import AutoGenGuard
-from streams import TopicReader
-from streams._stack import LocalStack, budget_only
-from tests.conftest import Broker
+from streams._stack import LocalStack
+from tests.adapters.harness import DEADLINE_S, gate_limits_published, session_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-DEADLINE_S = 60.0
 T = TypeVar("T")
 Reply = str | list[FunctionCall]
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
 
 
 async def ends(work: Awaitable[T]) -> T:
@@ -212,33 +198,6 @@ class Timed:
         raise NotImplementedError
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
-    async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
-        detectors=budget_only(max_steps=5),
-        private_topics=True,
-    ) as s:
-        yield s
-
-
-async def session_events(
-    stack: LocalStack, done: Callable[[list[dict[str, Any]]], bool]
-) -> list[dict[str, Any]]:
-    """The events topic's records, read until `done` says enough arrived."""
-    events: list[dict[str, Any]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
-
-        async def check() -> bool:
-            events.extend(orjson.loads(value or b"{}") for _, value, _ in await reader.read())
-            return done(events)
-
-        await wait_for("the session's events", check)
-    return events
-
-
 def runaway(shape: str, tripwire: AutoGenGuard, model: FakeModel, search: Search) -> TaskRunner:
     """An agent (or a team of two) that calls `search` after every model call, without end."""
     if shape == "agent":
@@ -299,7 +258,7 @@ async def test_a_kill_stops_a_runaway_with_no_model_or_tool_call_after_it(
     def all_acked(events: list[dict[str, Any]]) -> bool:
         return {e["session_id"] for e in events if e.get("outcome") == "stopped"} >= stopped.keys()
 
-    events = await session_events(stack, all_acked)
+    events = await session_events(stack, None, all_acked)
     for session_id, (command_id, ended_ms) in stopped.items():
         acks = [e for e in events if e["kind"] == "control.ack" and e["session_id"] == session_id]
         assert [a["outcome"] for a in acks] == ["stopping", "stopped"]
@@ -394,7 +353,7 @@ async def test_a_healthy_team_run_returns_its_result_untouched_and_reports_its_c
     def ended(events: list[dict[str, Any]]) -> bool:
         return any(e["kind"] == "session.ended" and e["session_id"] == "s-healthy" for e in events)
 
-    events = [e for e in await session_events(stack, ended) if e["session_id"] == "s-healthy"]
+    events = [e for e in await session_events(stack, None, ended) if e["session_id"] == "s-healthy"]
     steps = [
         (e["kind"], e["agent_id"]) for e in events if e["kind"] not in ("session.started", "session.ended")
     ]
@@ -417,14 +376,8 @@ async def test_a_healthy_team_run_returns_its_result_untouched_and_reports_its_c
 
 
 @pytest.mark.parametrize("refused", ["tool", "model"])
-async def test_a_budget_gate_refusal_ends_the_team_without_a_kill(
-    stack: LocalStack, redis_url: str, refused: str
-) -> None:
-    redis = Redis.from_url(redis_url)
-    try:
-        await wait_for("the worker's gate limits", lambda: redis.exists(LIMITS_PREFIX + "default"))
-    finally:
-        await redis.aclose()
+async def test_a_budget_gate_refusal_ends_the_team_without_a_kill(stack: LocalStack, refused: str) -> None:
+    await gate_limits_published(stack)
     # Steps alternate model, tool: the sixth is a tool call, unless the third model call answers in text.
     script = (
         (_search_call(),)

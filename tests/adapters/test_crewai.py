@@ -16,30 +16,16 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
 import pytest
-import pytest_asyncio
 
-from agents_contract import (
-    AgentGuard,
-    BudgetExhausted,
-    CommandSigner,
-    GuardedSession,
-    KillCommand,
-    SessionKilled,
-    SyncAgentGuard,
-    SyncSession,
-    digest,
-)
+from agents_contract import BudgetExhausted, CommandSigner, GuardedSession, KillCommand, SessionKilled, digest
 from agents_contract.adapters.crewai import guarded_kickoff, guarded_kickoff_async
-from streams import TopicReader
 from streams._stack import LocalStack, budget_only
-from tests.conftest import Broker
+from tests.adapters.harness import DEADLINE_S, kill_acks, search_circuit_open, session_events, sync_session
 
 # No telemetry or tracing: nothing here may reach past the test broker.
 os.environ["CREWAI_DISABLE_TELEMETRY"] = "true"
@@ -63,7 +49,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:crewai"),
 ]
 
-DEADLINE_S = 60.0
 MAX_STEPS = 5
 ROLE = "Research Analyst"
 AGENT_ID = "Research_Analyst"
@@ -72,58 +57,10 @@ ANSWER = "The answer is 42."
 RUNAWAY_ITERATIONS = 400
 
 
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
-    """One worker for the module (each test has sessions of its own): max_steps=5, and 6 for tenant t6."""
-    detectors = {**budget_only(max_steps=MAX_STEPS), "tenants": {"t6": {"session_budget": {"max_steps": 6}}}}
-    async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
-        detectors=detectors,
-        private_topics=True,
-    ) as s:
-        yield s
-
-
-def guard_settings(stack: LocalStack, **extra: Any) -> dict[str, Any]:
-    return {
-        "bootstrap": stack.bootstrap,
-        "redis_url": stack.redis_url,
-        "signing_key": stack.signing_key,
-        "idempotent": stack.idempotent,
-        "events_topic": stack.topics["events"],
-        "control_topic": stack.topics["control"],
-        **extra,
-    }
-
-
-async def session_events(
-    stack: LocalStack, session_id: str, done: Callable[[list[dict[str, Any]]], bool]
-) -> list[dict[str, Any]]:
-    """The session's events on the events topic, read until `done(events)` holds."""
-    events: list[dict[str, Any]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
-
-        async def check() -> bool:
-            events.extend(
-                orjson.loads(value)
-                for key, value, _ in await reader.read()
-                if key == session_id.encode() and value
-            )
-            return done(events)
-
-        await wait_for(f"the events of {session_id}", check)
-    return events
+@pytest.fixture(scope="module")
+def detectors() -> dict[str, Any]:
+    """The module's worker (the `stack` fixture) judges with max_steps=5, and 6 for tenant t6."""
+    return {**budget_only(max_steps=MAX_STEPS), "tenants": {"t6": {"session_budget": {"max_steps": 6}}}}
 
 
 Hold = Literal["tool", "model", "step", "nowhere"]
@@ -229,25 +166,6 @@ class TimedCrew(Crew):
             self.ledger.crew_ended_ms = int(time.time() * 1000)
 
 
-@contextmanager
-def sync_session(stack: LocalStack, session_id: str, **guard: Any) -> Iterator[SyncSession]:
-    with (
-        SyncAgentGuard(**guard_settings(stack, **guard)) as sync_guard,
-        sync_guard.session(session_id, agent_id="crew", tenant_id="t", user_id="u") as session,
-    ):
-        yield session
-
-
-async def kill_acks(stack: LocalStack, session_id: str, command_id: str) -> list[dict[str, Any]]:
-    def acks(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [e for e in events if e["kind"] == "control.ack" and e["command_id"] == command_id]
-
-    events = await session_events(
-        stack, session_id, lambda es: any(a["outcome"] == "stopped" for a in acks(es))
-    )
-    return acks(events)
-
-
 @dataclass(frozen=True)
 class Told:
     """The ledger (and the session's steps past the breach) at the moment the caller got `SessionKilled`."""
@@ -295,7 +213,7 @@ async def test_a_runaway_crew_kicked_off_sync_stops_at_the_kill(stack: LocalStac
     outcome: dict[str, Any] = {}
 
     def run() -> None:
-        with sync_session(stack, session_id) as session:
+        with sync_session(stack, session_id, agent_id="crew") as session:
             ledger = Ledger(hold=hold, breached=lambda: session.steps > MAX_STEPS)
             session.on_kill(ledger.on_kill)
             with pytest.raises(SessionKilled) as killed:
@@ -328,7 +246,7 @@ async def test_a_runaway_crew_kicked_off_async_stops_at_the_kill(
     tenant, max_steps = ("t6", 6) if hold == "model" else ("t", MAX_STEPS)
     session_id = f"s-crew-async-{hold}"
     async with (
-        AgentGuard(**guard_settings(stack)) as guard,
+        stack.guard() as guard,
         guard.session(session_id, agent_id="crew", tenant_id=tenant, user_id="u") as session,
     ):
         ledger = Ledger(hold=hold, breached=lambda: session.steps > max_steps)
@@ -379,7 +297,7 @@ def per_million_tokens(model: str, input_tokens: int, output_tokens: int) -> flo
 
 async def test_a_healthy_crew_returns_its_output_untouched_and_is_reported(stack: LocalStack) -> None:
     def run_sync() -> Any:
-        with sync_session(stack, "s-crew-ok-sync") as session:
+        with sync_session(stack, "s-crew-ok-sync", agent_id="crew") as session:
             crew = timed_crew(Ledger(), answer_after=1)
             return guarded_kickoff(session, crew, {"question": "life"}, cost_usd=per_million_tokens)
 
@@ -387,7 +305,7 @@ async def test_a_healthy_crew_returns_its_output_untouched_and_is_reported(stack
     assert output.raw == ANSWER
 
     async with (
-        AgentGuard(**guard_settings(stack)) as guard,
+        stack.guard() as guard,
         guard.session("s-crew-ok-async", agent_id="crew", tenant_id="t", user_id="u") as session,
     ):
         crew = timed_crew(Ledger(), answer_after=1)
@@ -407,7 +325,7 @@ async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(s
     ledger = Ledger()
 
     def run() -> pytest.ExceptionInfo[BudgetExhausted]:
-        with sync_session(stack, "s-crew-gate", budget_gate=True) as session:
+        with sync_session(stack, "s-crew-gate", agent_id="crew", budget_gate=True) as session:
             with pytest.raises(BudgetExhausted) as refused:
                 guarded_kickoff(session, timed_crew(ledger), {"question": "life"})
             return refused
@@ -422,18 +340,10 @@ async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(s
 async def test_a_tool_switched_off_by_tripwire_does_not_run_and_the_model_is_told(stack: LocalStack) -> None:
     ledger = Ledger()
     async with (
-        AgentGuard(**guard_settings(stack)) as guard,
+        stack.guard() as guard,
         guard.session("s-crew-circuit", agent_id="crew", tenant_id="t", user_id="u") as session,
     ):
-        switched_off = KillCommand(
-            command_id="circuit-search-open-1",
-            scope="tool",
-            target="search",
-            reason="error rate over 50% across sessions",
-            detector="tool_circuit",
-            evidence={"circuit": "open", "generation": 1, "open_ms": 600_000},
-            issued_at_ms=guard.now_ms(),
-        )
+        switched_off = search_circuit_open(issued_at_ms=guard.now_ms())
         assert guard.tool_circuits.apply(CommandSigner(stack.signing_key).sign(switched_off))
         crew = timed_crew(ledger, answer_after=1)
         output = await guarded_kickoff_async(session, crew, {"question": "life"})

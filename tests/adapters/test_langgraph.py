@@ -12,12 +12,9 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import orjson
 import pytest
-import pytest_asyncio
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import BaseChatModel
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
@@ -28,73 +25,24 @@ from langchain_core.tools import BaseTool, tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import RetryPolicy
-from redis.asyncio import Redis
 
 from agents_contract import (
     BudgetExhausted,
     GuardedSession,
     KillCommand,
     SessionKilled,
-    SyncAgentGuard,
     SyncSession,
 )
-from agents_contract._gate import LIMITS_PREFIX
 from agents_contract.adapters.langgraph import guard_graph
-from streams import TopicReader
-from streams._stack import LocalStack, budget_only
-from tests.conftest import Broker
+from streams._stack import LocalStack
+from tests.adapters.harness import gate_limits_published, kill_acks, session_events, sync_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-DEADLINE_S = 60.0
 # Far more steps than any kill takes to arrive: reaching it means the kill path is broken.
 RUNAWAY_STEPS = 20_000
 # The adversarial retry: any exception, at once, many times (LangGraph's default retries nothing).
 RETRY_ALL = RetryPolicy(initial_interval=0.0, jitter=False, max_attempts=50, retry_on=lambda _: True)
-
-Record = tuple[bytes | None, bytes | None, dict[str, bytes]]
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
-    # One worker for the module: each test has its own session, and a worker takes seconds to start.
-    async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
-        detectors=budget_only(max_steps=5),
-        private_topics=True,
-    ) as s:
-        yield s
-
-
-async def session_events(
-    stack: LocalStack, session_id: str, until: Callable[[list[dict[str, Any]]], bool]
-) -> list[dict[str, Any]]:
-    """The session's events on the events topic, read until `until` holds for them."""
-    events: list[dict[str, Any]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
-
-        async def check() -> bool:
-            records: list[Record] = await reader.read()
-            events.extend(orjson.loads(v or b"{}") for k, v, _ in records if k == session_id.encode())
-            return until(events)
-
-        await wait_for(f"the events of {session_id}", check)
-    return events
-
-
-def acks(events: list[dict[str, Any]], command_id: str) -> list[str]:
-    return [e["outcome"] for e in events if e["kind"] == "control.ack" and e["command_id"] == command_id]
 
 
 class RunawayModel(BaseChatModel):
@@ -219,11 +167,11 @@ def counting_at_kill(
 async def check_acknowledged_after_the_run(
     stack: LocalStack, session_id: str, command_id: str, ended_ms: float | None
 ) -> None:
-    events = await session_events(stack, session_id, lambda es: "stopped" in acks(es, command_id))
+    acks = await kill_acks(stack, session_id, command_id)
     # Received mid-run: `stopping` at once (unless the run had already unwound by then), `stopped` only once
     # the run (LangGraph's root run, by its own callbacks) had ended.
-    assert acks(events, command_id) in (["stopping", "stopped"], ["stopped"])
-    stopped = next(e for e in events if e["kind"] == "control.ack" and e["outcome"] == "stopped")
+    assert [a["outcome"] for a in acks] in (["stopping", "stopped"], ["stopped"])
+    stopped = next(a for a in acks if a["outcome"] == "stopped")
     assert ended_ms is not None
     assert stopped["event_time_ms"] >= int(ended_ms)
 
@@ -346,10 +294,7 @@ async def test_a_sync_runaway_graph_is_stopped_at_the_kill(stack: LocalStack, me
 
     def app() -> tuple[SessionKilled, dict[str, int]]:
         """A sync program: no event loop of its own, the guard's runs on its own thread."""
-        with (
-            SyncAgentGuard(**stack.guard_settings()) as guard,
-            guard.session(sid, agent_id="a1", tenant_id="t", user_id="u") as session,
-        ):
+        with sync_session(stack, sid, agent_id="a1") as session:
             at_kill = counting_at_kill(session, model, searches)
             guarded = guard_graph(graph, session)
             inputs = {"messages": [("user", "find it")]}
@@ -377,14 +322,8 @@ async def test_a_sync_runaway_graph_is_stopped_at_the_kill(stack: LocalStack, me
     await check_acknowledged_after_the_run(stack, sid, killed.command.command_id, end.ended_ms)
 
 
-async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(
-    stack: LocalStack, redis_url: str
-) -> None:
-    redis = Redis.from_url(redis_url)
-    try:
-        await wait_for("the worker's gate limits", lambda: redis.exists(LIMITS_PREFIX + "default"))
-    finally:
-        await redis.aclose()
+async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(stack: LocalStack) -> None:
+    await gate_limits_published(stack)
     model, searches = RunawayModel(), Searches()
     graph = react_graph(model, [searches.tool(sync=False)], retry=RETRY_ALL)
     async with (

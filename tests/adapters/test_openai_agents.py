@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import orjson
 import pytest
-import pytest_asyncio
 from agents import (
     Agent,
     FunctionTool,
@@ -37,23 +36,14 @@ from openai.types.responses import (
     ResponseOutputText,
 )
 
-from agents_contract import (
-    CommandSigner,
-    KillCommand,
-    SessionKilled,
-    SyncAgentGuard,
-    ToolCircuitOpen,
-    digest,
-    encode_command,
-)
+from agents_contract import CommandSigner, SessionKilled, ToolCircuitOpen, digest, encode_command
 from agents_contract.adapters.openai_agents import guarded_run, guarded_run_sync
-from streams import RecordProducer, TopicReader
-from streams._stack import LocalStack, budget_only
-from tests.conftest import Broker
+from streams import RecordProducer
+from streams._stack import LocalStack
+from tests.adapters.harness import DEADLINE_S, search_circuit_open, session_events, sync_session, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
-DEADLINE_S = 60.0
 INPUT_TOKENS, OUTPUT_TOKENS = 120, 8
 FOUND = "tripwire: a runtime guardrail for LLM agents"
 
@@ -175,48 +165,7 @@ class Snapshot:
         assert (self.model.calls, self.tool.runs) == self.at_kill
 
 
-# -- the stack and its topics ---------------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
-    # One worker for the module: each test has its own session, and a worker takes seconds to start.
-    async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
-        detectors=budget_only(max_steps=5),
-        private_topics=True,
-    ) as s:
-        yield s
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
-
-
-async def session_events(
-    stack: LocalStack, session_id: str, until: Callable[[list[dict[str, Any]]], bool]
-) -> list[dict[str, Any]]:
-    """The session's events in topic order (one key, one partition), once `until(events)` holds."""
-    events: list[dict[str, Any]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
-
-        async def check() -> bool:
-            events.extend(
-                orjson.loads(value or b"")
-                for key, value, _ in await reader.read()
-                if key == session_id.encode()
-            )
-            return until(events)
-
-        await wait_for(f"the events of {session_id}", check)
-    return events
+# -- the stack's events ---------------------------------------------------------------------------------
 
 
 def acked_stopped(events: list[dict[str, Any]]) -> bool:
@@ -234,17 +183,6 @@ def assert_stopped_after_the_run(events: list[dict[str, Any]], *, last_activity_
     assert all(e["kind"] != "control.ack" or e["outcome"] == "stopping" for e in before)
     assert not any(e["kind"] in ("turn.started", "tool.called") for e in events[stopped[0] :])
     assert events[stopped[0]]["event_time_ms"] >= last_activity_ms
-
-
-def guard_kwargs(stack: LocalStack) -> dict[str, Any]:
-    return {
-        "bootstrap": stack.bootstrap,
-        "redis_url": stack.redis_url,
-        "signing_key": stack.signing_key,
-        "idempotent": stack.idempotent,
-        "events_topic": stack.topics["events"],
-        "control_topic": stack.topics["control"],
-    }
 
 
 @contextlib.contextmanager
@@ -340,11 +278,7 @@ async def test_run_sync_with_a_sync_session_is_stopped_at_the_kill(stack: LocalS
 
     def run_in_a_thread() -> SessionKilled:
         # Runner.run_sync runs on an event loop of its own in this thread; the guard on one of its own.
-        with (
-            closing_run_sync_loop(),
-            SyncAgentGuard(**guard_kwargs(stack)) as guard,
-            guard.session("s-oa-sync", agent_id="team", tenant_id="t", user_id="u") as session,
-        ):
+        with closing_run_sync_loop(), sync_session(stack, "s-oa-sync", agent_id="team") as session:
             session.on_kill(snapshot)
             with pytest.raises(SessionKilled) as killed:
                 guarded_run_sync(session, agent, "Find it.", max_turns=None)
@@ -367,11 +301,7 @@ async def test_run_sync_hung_in_a_tool_is_cancelled_at_the_kill(stack: LocalStac
     snapshot = Snapshot(model, tool)
 
     def run_in_a_thread() -> None:
-        with (
-            closing_run_sync_loop(),
-            SyncAgentGuard(**guard_kwargs(stack)) as guard,
-            guard.session("s-oa-sync-hung", agent_id="team", tenant_id="t", user_id="u") as session,
-        ):
+        with closing_run_sync_loop(), sync_session(stack, "s-oa-sync-hung", agent_id="team") as session:
             session.on_kill(snapshot)
             with pytest.raises(SessionKilled):
                 guarded_run_sync(session, agent, "Find it.", max_turns=None)
@@ -399,15 +329,7 @@ async def test_a_tool_switched_off_by_tripwire_does_not_run_and_the_caller_is_to
         guard.session("s-oa-circuit", agent_id="team", tenant_id="t", user_id="u") as session,
         RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer,
     ):
-        command = KillCommand(
-            command_id="circuit-search-open-1",
-            scope="tool",
-            target="search",
-            reason="error rate over 50% across sessions",
-            detector="tool_circuit",
-            evidence={"circuit": "open", "generation": 1, "open_ms": 600_000},
-            issued_at_ms=guard.now_ms(),
-        )
+        command = search_circuit_open(issued_at_ms=guard.now_ms())
         raw = encode_command(CommandSigner(stack.signing_key).sign(command))
         await (await producer.send(stack.topics["control"], b"search", raw))
 
