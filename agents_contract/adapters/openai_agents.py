@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import json
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 from agents import (
     Agent,
+    FunctionTool,
     ModelResponse,
     RunConfig,
     RunContextWrapper,
@@ -76,6 +78,7 @@ async def guarded_run(
     gates = _RunGates(session, agents=agents, cost_usd=cost_usd, hooks=hooks, run_config=run_config)
 
     async def run() -> RunResult:
+        _RUN_SESSION.set(session)  # this task's own context: the runner's tool tasks copy it
         try:
             return await Runner.run(agent, input, hooks=gates, run_config=run_config, **kwargs)
         except BaseException as exc:
@@ -111,13 +114,41 @@ def guarded_run_sync(
     # turn's task on its own loop (call_soon_threadsafe wakes it) is neither.
     with _circuit_errors(), session.running():
         session.on_kill(gates.cancel_turn)
+        token = _RUN_SESSION.set(session)
         try:
             return Runner.run_sync(agent, input, hooks=gates, run_config=config, **kwargs)
         except BaseException as exc:
             gates.abandon(exc)
             raise
         finally:
+            _RUN_SESSION.reset(token)
             gates.finish()
+
+
+# The session of the guarded run this code runs in: the runner starts each tool body in a task of its own,
+# created from (and so copying the context of) the run, one loop pass after the tool-start hook passed the
+# gate. A kill received in that pass must still stop the body before it starts.
+_RUN_SESSION: contextvars.ContextVar[GuardedSession | SyncSession | None] = contextvars.ContextVar(
+    "tripwire_openai_agents_session", default=None
+)
+_GUARDED_BODY = "_tripwire_guarded_body"
+
+
+def _guard_body(tool: FunctionTool) -> None:
+    """Wrap the tool's invoke function once: in a guarded run, a killed session's tool body never starts.
+    Outside one (the same tool used unguarded) the wrapper only calls through."""
+    if getattr(tool.on_invoke_tool, _GUARDED_BODY, False):
+        return
+    invoke = tool.on_invoke_tool
+
+    async def guarded(context: ToolContext[Any], arguments: str) -> Any:
+        session = _RUN_SESSION.get()
+        if session is not None:
+            session.check()
+        return await invoke(context, arguments)
+
+    setattr(guarded, _GUARDED_BODY, True)
+    tool.on_invoke_tool = guarded
 
 
 @contextlib.contextmanager
@@ -203,6 +234,8 @@ class _RunGates(RunHooks[Any]):
         # A function tool gets a ToolContext with the call's arguments; computer and shell tools get the run's
         # context, without them.
         args = _arguments(context.tool_arguments) if isinstance(context, ToolContext) else None
+        if isinstance(tool, FunctionTool):
+            _guard_body(tool)
         agent_id = self._agent_id(agent)
         if isinstance(self._session, SyncSession):
             call = self._session.tool_started(tool.name, args, agent_id=agent_id)
