@@ -20,8 +20,8 @@ import yaml
 
 from agents_contract import GuardedSession, SessionKilled
 from detectors import wall_clock
-from streams._process import WorkerProcess, write_config
-from streams._stack import LocalStack, budget_only
+from streams.lab._process import WorkerProcess, write_config
+from streams.lab._stack import LocalStack, budget_only
 
 STEPS_BEFORE = 20
 MAX_STEPS = 25

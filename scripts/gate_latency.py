@@ -19,7 +19,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from agents_contract import BudgetGate
-from streams._embedded import EmbeddedRedis
+from streams.lab._embedded import EmbeddedRedis
 
 
 async def measure(url: str, calls: int) -> dict[str, float]:

@@ -22,7 +22,7 @@ import orjson
 from agents_contract import SessionEnded, ToolCalled, ToolReturned, encode_event
 from detectors import wall_clock
 from streams import RecordProducer
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 
 
 def session(n: int, t0: int) -> list[tuple[bytes, bytes]]:

@@ -4,11 +4,11 @@ and acts on their verdicts (fence, kill command, alert), the embedded servers an
 Detection logic lives in `detectors`; this package only moves events and verdicts.
 """
 
-from streams._app import build_app
 from streams._config import ConfigError, Settings, load_settings
-from streams._embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedUnavailable, free_port
 from streams._kafka import RecordProducer, TopicReader, TopicSpec, ensure_topics, topic_specs, wait_for_broker
-from streams._pipeline import BatchResult, DeadLetter, Pipeline, RawRecord
+from streams.lab._embedded import EmbeddedKafka, EmbeddedRedis, EmbeddedUnavailable, free_port
+from streams.worker._app import build_app
+from streams.worker._pipeline import BatchResult, DeadLetter, Pipeline, RawRecord
 
 __all__ = [
     "BatchResult",

@@ -2,6 +2,6 @@
 
 import sys
 
-from streams._cli import main
+from streams.operator._cli import main
 
 sys.exit(main())

@@ -77,7 +77,7 @@ class WorkerSettings(_Section):
     # Events are judged in batches so that state is checkpointed once per session per batch, not per event.
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
-    # Bounds how long an idle fetch may wait at the broker; see streams/_transport.py.
+    # Bounds how long an idle fetch may wait at the broker; see streams/worker/_seam.py.
     fetch_max_wait_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
     # A kill that no agent acknowledges within this time is escalated as its own critical alert.
     kill_ack_timeout_s: Annotated[float, Field(ge=0.5, le=86_400)] = 15.0

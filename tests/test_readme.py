@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration

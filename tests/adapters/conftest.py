@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from agents_contract import KillCommand, SyncAgentGuard, SyncSession
 from agents_contract._gate import LIMITS_PREFIX
 from streams import TopicReader
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 
 __all__ = [
     "DEADLINE_S",

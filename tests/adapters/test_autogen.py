@@ -40,7 +40,7 @@ from pydantic import BaseModel
 
 from agents_contract import BudgetExhausted, GuardedSession, SessionKilled, digest
 from agents_contract.adapters.autogen import AutoGenGuard
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 from tests.adapters.harness import DEADLINE_S, gate_limits_published, session_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

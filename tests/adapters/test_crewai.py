@@ -24,7 +24,7 @@ import pytest
 
 from agents_contract import BudgetExhausted, CommandSigner, GuardedSession, KillCommand, SessionKilled, digest
 from agents_contract.adapters.crewai import guarded_kickoff, guarded_kickoff_async
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.adapters.harness import DEADLINE_S, kill_acks, search_circuit_open, session_events, sync_session
 
 # No telemetry or tracing: nothing here may reach past the test broker.

@@ -34,7 +34,7 @@ from agents_contract import (
     SyncSession,
 )
 from agents_contract.adapters.langgraph import guard_graph
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 from tests.adapters.harness import gate_limits_published, kill_acks, session_events, sync_session
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

@@ -39,7 +39,7 @@ from openai.types.responses import (
 from agents_contract import CommandSigner, SessionKilled, ToolCircuitOpen, digest, encode_command
 from agents_contract.adapters.openai_agents import guarded_run, guarded_run_sync
 from streams import RecordProducer
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 from tests.adapters.harness import DEADLINE_S, search_circuit_open, session_events, sync_session, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

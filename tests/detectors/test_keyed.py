@@ -198,7 +198,7 @@ def test_any_bytes_give_a_stage_record_or_a_value_error(raw: bytes) -> None:
 def test_a_record_a_detector_cannot_judge_is_set_aside_and_the_stage_goes_on() -> None:
     from agents_contract import CommandSigner
     from streams import RawRecord
-    from streams._stages import StageJudge
+    from streams.worker._stages import StageJudge
 
     bad = orjson.dumps(
         ["memory_namespace_leak", "x/k", "e", "s", "t", "u", "a", 1, 2, "memory.read", {"store": []}]

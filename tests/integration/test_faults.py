@@ -13,7 +13,7 @@ import pytest
 from agents_contract import Fence, SessionKilled
 from streams import EmbeddedRedis, RecordProducer, TopicReader
 from streams._kafka import TopicSpec, changelog_topic, ensure_topics
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import BROKER, Broker
 from tests.integration.test_kill_path import DEADLINE_S, runaway, wait_for
 

@@ -25,7 +25,7 @@ from agents_contract import (
 )
 from detectors import SessionState
 from streams import RecordProducer, TopicReader
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration

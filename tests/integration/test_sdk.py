@@ -22,7 +22,7 @@ from agents_contract import (
 )
 from agents_contract._gate import LIMITS_PREFIX
 from streams import TopicReader
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.integration.test_kill_path import DEADLINE_S, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.integration.test_kill_path import quick, read_topic
 

@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY
 from agents_contract import GuardedSession, SessionKilled
 from streams import RecordProducer, TopicReader, load_settings
 from streams._kafka import consumer_lag
-from streams._sinks import run_sinks, sink_group
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
+from streams.operator._sinks import run_sinks, sink_group
 from tests.conftest import Broker
 from tests.sinks.conftest import make_alert
 from tests.sinks.receivers import Receivers

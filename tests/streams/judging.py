@@ -12,9 +12,9 @@ import orjson
 from agents_contract import CommandSigner, KillCommand, encode_command, parse_command
 from detectors import DetectorSettings, SessionState, pack_stage_records
 from sinks import Alert
-from streams._dlq import dead_letter
-from streams._pipeline import BatchResult, DeadLetter, Pipeline, RawRecord
-from streams._stages import StageJudge
+from streams.worker._dlq import dead_letter
+from streams.worker._pipeline import BatchResult, DeadLetter, Pipeline, RawRecord
+from streams.worker._stages import StageJudge
 
 SIGNER = CommandSigner("fuzz-key-" + "k" * 32)
 EVENTS = "agent.events"

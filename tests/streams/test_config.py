@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streams import ConfigError, load_settings
-from streams._cli import main
+from streams.operator._cli import main
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -138,7 +138,7 @@ def test_the_dashboard_only_charts_metrics_that_exist() -> None:
     from prometheus_client import REGISTRY
 
     import sinks._delivery  # noqa: F401  (registers the sink metrics)
-    import streams._app  # noqa: F401  (registers the worker metrics)
+    import streams.worker._app  # noqa: F401  (registers the worker metrics)
 
     root = Path(__file__).resolve().parents[2]
     dashboard = json.loads((root / "deploy" / "grafana" / "dashboards" / "tripwire.json").read_text())

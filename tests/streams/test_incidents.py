@@ -10,8 +10,8 @@ import pytest
 
 from agents_contract import GuardedSession, SessionKilled
 from streams import load_settings
-from streams._incidents import group_incidents, read_incidents, render_markdown, session_timeline
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
+from streams.operator._incidents import group_incidents, read_incidents, render_markdown, session_timeline
 from tests.conftest import Broker
 from tests.sinks.conftest import make_alert
 

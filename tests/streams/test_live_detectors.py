@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agents_contract import AgentGuard, Fence, SessionKilled, ToolCircuitOpen
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.streams.test_metrics import scrape, value, wait_for
 

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents_contract import ToolCalled, encode_event
 from streams import RecordProducer, TopicReader
-from streams._demo import DEMO_DETECTORS, SCENARIOS, run_scenario
-from streams._stack import LocalStack, budget_only
+from streams.lab._demo import DEMO_DETECTORS, SCENARIOS, run_scenario
+from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ import pytest
 
 from agents_contract import SessionKilled
 from streams import RecordProducer, Settings, load_settings
-from streams._operator import manual_kill, release, tail
-from streams._stack import LocalStack, budget_only
+from streams.lab._stack import LocalStack, budget_only
+from streams.operator._operator import manual_kill, release, tail
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ from detectors import (
     ceilings,
 )
 from streams import Pipeline, RawRecord
-from streams._pipeline import encode_verdict
+from streams.worker._pipeline import encode_verdict
 from tests.detectors.test_ceilings import _envelope, tool_call
 
 SIGNER = CommandSigner("p" * 32)
@@ -177,7 +177,7 @@ def test_a_stage_verdict_on_the_verdicts_topic_kills_through_the_same_path() -> 
 
 
 def test_a_session_leaves_the_table_only_once_nothing_more_can_happen_to_it() -> None:
-    from streams._pipeline import Retention
+    from streams.worker._pipeline import Retention
 
     keep = Retention(ended_ms=1_000, killed_ms=5_000, idle_ms=60_000)
     state = SessionState("s-1", heard_ms=10_000)

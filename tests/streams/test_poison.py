@@ -11,8 +11,8 @@ import pytest
 
 from agents_contract import MAX_REASON, encode_event, parse_event
 from detectors import DetectorSettings, FailureClass, SessionState, Verdict
-from streams._dlq import dead_letter, shape_of
-from streams._pipeline import encode_verdict
+from streams.worker._dlq import dead_letter, shape_of
+from streams.worker._pipeline import encode_verdict
 from tests.streams.judging import EVENTS, VERDICTS, Clock, JudgingPath
 
 NOW = Clock().now_ms

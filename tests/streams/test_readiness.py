@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from streams._readiness import Readiness
+from streams.worker._readiness import Readiness
 
 
 def test_a_rebalance_past_its_timeout_is_stuck_and_a_finished_one_is_not() -> None:

@@ -14,9 +14,9 @@ import pytest
 
 from agents_contract import encode_event
 from detectors import DetectorSettings, keyed_detectors, session_detectors
-from streams._cli import main
-from streams._replay import ReplayReport, replay_lines
-from streams._scenarios import Scenario, in_time_order, overrides, scenario_library
+from streams.lab._scenarios import Scenario, in_time_order, overrides, scenario_library
+from streams.operator._cli import main
+from streams.operator._replay import ReplayReport, replay_lines
 
 KEY = "0123456789abcdef0123456789abcdef"
 # Long enough past the last event for a quiet session to meet the stall timer (300 s by default).

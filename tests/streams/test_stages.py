@@ -9,7 +9,7 @@ import orjson
 from agents_contract import CommandSigner, ToolReturned
 from detectors import STAGES, DetectorSettings, StageRecord, Verdict, stage_records
 from streams import RawRecord
-from streams._stages import StageJudge
+from streams.worker._stages import StageJudge
 
 SIGNER = CommandSigner("s" * 32)
 T0 = 1_767_225_600_000

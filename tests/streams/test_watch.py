@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from detectors import SessionState
-from streams._watch import KillWatch, escalation_alert
+from streams.worker._watch import KillWatch, escalation_alert
 
 
 def killed(session_id: str, at_ms: int, **extra: int) -> SessionState:

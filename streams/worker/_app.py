@@ -3,7 +3,7 @@
 Per batch the worker (1) judges the records with `Pipeline`, (2) writes kills to the Redis fence, (3) sends
 the signed kills, alerts, dead letters and keyed-stage records and waits for the broker to have them, (4)
 checkpoints every session state the batch changed to the table's changelog, once per session, and only then
-(5) lets Faust commit the offsets. A second agent runs the keyed stages (`streams/_stages.py`) over their
+(5) lets Faust commit the offsets. A second agent runs the keyed stages (`_stages.py`) over their
 own topic and table the same way; timers run the timed detectors, escalate unacknowledged kills and pick up
 changes to the detector config. A crash anywhere before (5) replays the batch; the replay filter in the
 session state and the stable command ids make that harmless. State is a Faust table whose values are live
@@ -28,15 +28,15 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from agents_contract import CommandSigner, Fence, FenceError, encode_command, publish_limits
 from detectors import SessionState, pack_stage_records, wall_clock
-from streams import _transport as transport
 from streams._config import ConfigError, Settings, load_settings
-from streams._dlq import BoundedLog, dead_letter, raw_copy
-from streams._fencing import FenceKeeper
-from streams._limits import gate_layers
-from streams._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord, Retention
-from streams._readiness import Readiness
-from streams._stages import StageJudge, StageResult
-from streams._watch import KillWatch, escalation_alert
+from streams.worker import _seam as seam
+from streams.worker._dlq import BoundedLog, dead_letter, raw_copy
+from streams.worker._fencing import FenceKeeper
+from streams.worker._limits import gate_layers
+from streams.worker._pipeline import DEAD_LETTER_CODES, BatchResult, Pipeline, RawRecord, Retention
+from streams.worker._readiness import Readiness
+from streams.worker._stages import StageJudge, StageResult
+from streams.worker._watch import KillWatch, escalation_alert
 
 log = logging.getLogger("tripwire.worker")
 
@@ -87,7 +87,7 @@ for _why in ("future", "before_start", "too_old"):
 
 
 def _broker_urls(bootstrap: str) -> list[str]:
-    return [f"{transport.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
+    return [f"{seam.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
 S = TypeVar("S")
@@ -220,7 +220,7 @@ def _datadir(app_id: str) -> Path:
 def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.App:
     conf = settings.worker
     topics = settings.topics
-    transport.register()
+    seam.register()
     app = faust.App(
         conf.app_id,
         broker=_broker_urls(settings.kafka.bootstrap),
@@ -571,7 +571,7 @@ def build_app(settings: Settings, *, config_path: Path | None = None) -> faust.A
 
         @app.task  # type: ignore[untyped-decorator]
         async def deliver_alerts() -> None:
-            from streams._sinks import run_sinks
+            from streams.operator._sinks import run_sinks
 
             await run_sinks(settings)
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 import orjson
 
 from agents_contract import MAX_EVENT_BYTES, clip
-from streams._pipeline import DeadLetter
+from streams.worker._pipeline import DeadLetter
 
 FORMAT: Final = "tripwire.dead_letter/1"
 _MAX_FIELDS: Final = 32

@@ -49,7 +49,7 @@ from detectors import (
     stage_records,
 )
 from sinks import Alert
-from streams._watch import escalation_resolved
+from streams.worker._watch import escalation_resolved
 
 
 class RawRecord(NamedTuple):

@@ -9,9 +9,9 @@ from pathlib import Path
 import faust
 from prometheus_client import start_http_server
 
-from streams._app import build_app
-from streams._cli import prepare
 from streams._config import ConfigError, Settings
+from streams.operator._cli import prepare
+from streams.worker._app import build_app
 
 
 def serve_metrics(settings: Settings, *, port: int | None = None, key: str = "worker.metrics_port") -> None:

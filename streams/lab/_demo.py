@@ -4,7 +4,7 @@ Two kinds of scenario run side by side. Live agents are written against the SDK 
 the runaway ones loop until a kill stops them (with a bound, so a broken pipeline shows as "not killed"
 instead of hanging), the healthy ones finish their task and must not be killed; for them the summary gives
 the steps taken after the breaching event and the kill latency from the breaching event's send to the SDK
-receiving the kill. Recorded sessions from the scenario library (`streams/_scenarios.py`) cover every
+receiving the kill. Recorded sessions from the scenario library (`streams/lab/_scenarios.py`) cover every
 detector, healthy sessions included; they are published as agents would publish them, with their times
 moved to now, and the summary says which detector's alert came back for them.
 """
@@ -26,9 +26,9 @@ from agents_contract import AgentEvent, AgentGuard, Fence, GuardedSession, Sessi
 from detectors import wall_clock
 from sinks import Alert
 from streams._kafka import RecordProducer, TopicReader
-from streams._scenarios import Scenario as Recorded
-from streams._scenarios import overrides, scenario_library
-from streams._stack import LocalStack
+from streams.lab._scenarios import Scenario as Recorded
+from streams.lab._scenarios import overrides, scenario_library
+from streams.lab._stack import LocalStack
 
 # Every detector on with its defaults; only the timers are shortened so the demo does not wait minutes.
 DEMO_DETECTORS: dict[str, Any] = {"stall": {"quiet_s": 4.0}, "tool_circuit": {"open_s": 5.0}}

@@ -16,9 +16,9 @@ from typing import Any, Self
 from agents_contract import AgentGuard
 from detectors import DetectorSettings, wall_clock
 from streams._config import load_settings
-from streams._embedded import EmbeddedKafka, EmbeddedRedis, free_port
 from streams._kafka import consumer_lag, ensure_topics, topic_specs, wait_for_broker
-from streams._process import WorkerProcess, write_config
+from streams.lab._embedded import EmbeddedKafka, EmbeddedRedis, free_port
+from streams.lab._process import WorkerProcess, write_config
 
 
 def budget_only(**limits: Any) -> dict[str, Any]:

@@ -38,11 +38,11 @@ from agents_contract import (
 )
 from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy, wall_clock
 from streams._kafka import RecordProducer, TopicReader
-from streams._replay import replay_lines
-from streams._scenarios import in_time_order, overrides, scenario_library
-from streams._sdkbench import describe as describe_sdk
-from streams._sdkbench import sdk_costs
-from streams._stack import LocalStack
+from streams.lab._scenarios import in_time_order, overrides, scenario_library
+from streams.lab._sdkbench import describe as describe_sdk
+from streams.lab._sdkbench import sdk_costs
+from streams.lab._stack import LocalStack
+from streams.operator._replay import replay_lines
 
 _KILL_USD = 50.0
 # Every detector on with its defaults, except budgets no healthy bench session may reach: the sentinels and

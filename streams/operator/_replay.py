@@ -26,8 +26,8 @@ from detectors import (
     pack_stage_records,
 )
 from streams._config import ConfigError, explain, read_config_file
-from streams._pipeline import BatchResult, Pipeline, RawRecord
-from streams._stages import StageJudge
+from streams.worker._pipeline import BatchResult, Pipeline, RawRecord
+from streams.worker._stages import StageJudge
 
 _VERDICTS = "replay.verdicts"
 # How often (in event time) the timed detectors look at the sessions, like the worker's timer.

@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _up() -> Any:
-    from streams import _up
+    from streams.operator import _up
 
     return _up
 
@@ -223,14 +223,14 @@ async def _create(settings: Settings) -> list:  # type: ignore[type-arg]
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams._worker import run_worker
+    from streams.worker._run import run_worker
 
     return run_worker(load_settings(args.config), config_path=args.config)
 
 
 def _sinks(args: argparse.Namespace) -> int:
-    from streams._sinks import run_sinks
-    from streams._worker import serve_metrics
+    from streams.operator._sinks import run_sinks
+    from streams.worker._run import serve_metrics
 
     settings = load_settings(args.config)
     logging.basicConfig(
@@ -243,7 +243,7 @@ def _sinks(args: argparse.Namespace) -> int:
 
 
 def _kill(args: argparse.Namespace) -> int:
-    from streams._operator import manual_kill
+    from streams.operator._operator import manual_kill
 
     settings = load_settings(args.config)
     command, issued = asyncio.run(
@@ -260,7 +260,7 @@ def _kill(args: argparse.Namespace) -> int:
 
 
 def _incidents_list(args: argparse.Namespace) -> int:
-    from streams._incidents import read_incidents
+    from streams.operator._incidents import read_incidents
 
     incidents = asyncio.run(read_incidents(load_settings(args.config)))
     rows = [i.summary() for i in incidents]
@@ -278,7 +278,7 @@ def _incidents_list(args: argparse.Namespace) -> int:
 
 
 def _incidents_show(args: argparse.Namespace) -> int:
-    from streams._incidents import read_incidents, render_markdown, session_timeline
+    from streams.operator._incidents import read_incidents, render_markdown, session_timeline
 
     settings = load_settings(args.config)
 
@@ -306,7 +306,7 @@ def _incidents_show(args: argparse.Namespace) -> int:
 
 
 def _release(args: argparse.Namespace) -> int:
-    from streams._operator import release
+    from streams.operator._operator import release
 
     held = asyncio.run(release(load_settings(args.config), args.session))
     if held is None:
@@ -317,7 +317,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from streams._operator import tail
+    from streams.operator._operator import tail
 
     settings = load_settings(args.config)
 
@@ -331,7 +331,7 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from streams._replay import detector_settings, read_lines, render, replay_lines
+    from streams.operator._replay import detector_settings, read_lines, render, replay_lines
 
     settings = detector_settings(args.config)
     report = replay_lines(read_lines(args.file), settings, horizon_ms=int(args.horizon_s * 1000))
@@ -340,13 +340,13 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streams._demo import run_demo
+    from streams.lab._demo import run_demo
 
     return run_demo(json_output=args.json, bootstrap=args.bootstrap, redis_url=args.redis)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from streams._bench import run_bench
+    from streams.lab._bench import run_bench
 
     return run_bench(
         bootstrap=args.bootstrap,

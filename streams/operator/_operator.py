@@ -30,8 +30,8 @@ from agents_contract import (
 from detectors import FailureClass, wall_clock
 from sinks import Alert
 from streams._config import Settings
-from streams._dlq import FORMAT as DEAD_LETTER_FORMAT
 from streams._kafka import RecordProducer, TopicReader
+from streams.worker._dlq import FORMAT as DEAD_LETTER_FORMAT
 
 MANUAL = "manual"
 TailTopic = Literal["control", "alerts", "dlq"]

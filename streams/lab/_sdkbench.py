@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agents_contract import AgentGuard, GuardedSession, SessionKilled, fingerprints
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 
 _CALLS = 4_000
 _PER_SESSION = 200  # fresh sessions keep the bench's no-op traffic far from any loop detector

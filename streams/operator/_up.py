@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streams._stack import LocalStack
+from streams.lab._stack import LocalStack
 
 _START_TIMEOUT_S = 180.0
 

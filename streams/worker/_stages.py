@@ -29,7 +29,7 @@ from detectors import (
     unpack_stage_records,
 )
 from sinks import Alert
-from streams._pipeline import DeadLetter, RawRecord, encode_verdict
+from streams.worker._pipeline import DeadLetter, RawRecord, encode_verdict
 
 # Recent record ids per key, so a batch replayed after a crash does not count twice.
 _SEEN = 32
