@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -77,6 +77,21 @@ class WorkerSettings(_Section):
     # Events are judged in batches so that state is checkpointed once per session per batch, not per event.
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
+    # State changes accumulate and are written to the changelog once per session per checkpoint, and the
+    # offsets judged are committed only after that (kills never wait for it). Sooner when this many
+    # sessions are pending. A crash judges again at most about one interval of events.
+    checkpoint_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    checkpoint_max_sessions: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+    # Records fetched and waiting to be judged, at most; a slower judge then slows the fetch.
+    intake_max_records: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    # Static group membership (Kafka's group.instance.id): a worker restarted under the same id (a pod of a
+    # StatefulSet, a systemd unit) takes its partitions back at once instead of after the dead member's
+    # session timeout. Unique per worker process; `tripwire worker --processes N` suffixes it per process.
+    # A stopped worker with an instance id does not leave the group: its partitions move after the timeout.
+    # Where the keyed stages (tenant and agent budgets, memory fingerprints, fleet tool circuits) run:
+    # in this worker, or in their own process (`tripwire stages`, a consumer group of its own).
+    stages: Literal["in_worker", "own_process"] = "in_worker"
+    instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,200}$")] | None = None
     # Bounds how long an idle fetch may wait at the broker; see streams/worker/_seam.py.
     fetch_max_wait_ms: Annotated[int, Field(ge=1, le=5_000)] = 20
     # A kill that no agent acknowledges within this time is escalated as its own critical alert.

@@ -77,6 +77,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             TopicSpec(changelog_topic(settings.worker.app_id, table), t.partitions, t.replication, 0, True)
             for table in TABLES
         ),
+        # `tripwire stages` runs the stages as app `<app_id>-stages`, with a changelog of its own.
+        TopicSpec(
+            changelog_topic(f"{settings.worker.app_id}-stages", "stages"),
+            t.partitions,
+            t.replication,
+            0,
+            True,
+        ),
         *(
             [TopicSpec(t.dlq_raw, t.partitions, t.replication, t.dlq_raw_retention_ms)]
             if settings.worker.dlq_raw

@@ -17,10 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
+import signal
 import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -37,7 +41,7 @@ from agents_contract import (
     parse_event,
 )
 from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy, wall_clock
-from streams._kafka import RecordProducer, TopicReader
+from streams._kafka import RecordProducer, TopicReader, TopicSpec, ensure_topics
 from streams.lab._scenarios import in_time_order, overrides, scenario_library
 from streams.lab._sdkbench import describe as describe_sdk
 from streams.lab._sdkbench import sdk_costs
@@ -121,34 +125,130 @@ def _sentinel(session_id: str) -> bytes:
     )
 
 
-async def _throughput_round(stack: LocalStack, events: int, sessions: int, partitions: int) -> float:
+def _round_records(events: int, sessions: int) -> list[tuple[bytes, bytes]]:
     per_session = max(1, events // sessions)
     batch_id = uuid.uuid4().hex[:6]
-    records = [
+    return [
         (f"load-{batch_id}-{s}".encode(), value)
         for s in range(sessions)
         for value in _session_events(f"load-{batch_id}-{s}", 1, per_session)
     ]
+
+
+def _flood_records(
+    valid: list[tuple[bytes, bytes]], bad: int, runaways: int
+) -> tuple[list[tuple[bytes | None, bytes]], set[str]]:
+    """The valid records with `bad` malformed ones spread through them (four kinds of fault, on every
+    partition) and `runaways` sessions that breach their cost ceiling at random places in the flood."""
+    rng = random.Random(7)
+    faults: list[tuple[bytes | None, bytes]] = []
+    for i in range(bad):
+        key = f"flood-{i % 997}".encode()
+        match i % 4:
+            case 0:
+                faults.append((key, b"\x00not json at all " + str(i).encode()))
+            case 1:
+                faults.append((key, b"[1, 2, 3]"))
+            case 2:
+                faults.append(
+                    (key, orjson.dumps({"kind": "turn.completed", "session_id": f"flood-{i % 997}"}))
+                )
+            case _:
+                # A valid event under another session's key: refused as wrongly keyed.
+                faults.append((b"someone-else", valid[i % len(valid)][1]))
+    mixed: list[tuple[bytes | None, bytes]] = list(valid)
+    for fault in faults:
+        mixed.insert(rng.randrange(len(mixed) + 1), fault)
+    named = {f"runaway-{uuid.uuid4().hex[:8]}-{i}" for i in range(runaways)}
+    for sid in named:
+        mixed.insert(rng.randrange(len(mixed) + 1), (sid.encode(), _sentinel(sid)))
+    return mixed, named
+
+
+async def _drain_round(
+    stack: LocalStack,
+    records: Sequence[tuple[bytes | None, bytes]],
+    partitions: int,
+    *,
+    also_killed: AbstractSet[str] = frozenset(),
+) -> tuple[float, set[str]]:
+    """Events/s of the worker draining a backlog: the worker is stopped (SIGSTOP) while the records and a
+    sentinel at the end of every partition are produced, then let go; the clock runs from then until every
+    sentinel is killed, which proves everything before it on its partition was judged. Returns the rate and
+    which of `also_killed` were killed."""
+    batch_id = uuid.uuid4().hex[:6]
     sentinels = {f"sentinel-{batch_id}-{p}": p for p in range(partitions)}
+    assert stack.worker is not None
+    pid = stack.worker.pid
+    killed: set[str] = set()
     async with (
         TopicReader(stack.bootstrap, stack.topics["control"]) as control,
         RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer,
     ):
-        started = time.perf_counter()
-        for key, value in records:
-            await producer.send(stack.topics["events"], key, value)
-        for sid, p in sentinels.items():
-            await producer.send(stack.topics["events"], sid.encode(), _sentinel(sid), partition=p)
-        await producer.flush()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for key, value in records:
+                await producer.send(stack.topics["events"], key, value)
+            for sid, p in sentinels.items():
+                await producer.send(stack.topics["events"], sid.encode(), _sentinel(sid), partition=p)
+            await producer.flush()
+        finally:
+            started = time.perf_counter()
+            os.kill(pid, signal.SIGCONT)
         pending = set(sentinels)
         while pending:
             for _, command, _ in await control.read(timeout_ms=100):
                 if command is not None:
-                    pending.discard(parse_command(command).target)
+                    target = parse_command(command).target
+                    pending.discard(target)
+                    killed.add(target)
             if time.perf_counter() - started > 600:
                 raise TimeoutError(f"sentinels not killed within 600 s: {sorted(pending)}")
         elapsed = time.perf_counter() - started
-    return len(records) / elapsed
+        # Runaways ahead of the sentinels were judged; their kills may still be in the read.
+        deadline = time.perf_counter() + 5
+        while also_killed - killed and time.perf_counter() < deadline:
+            for _, command, _ in await control.read(timeout_ms=100):
+                if command is not None:
+                    killed.add(parse_command(command).target)
+    return len(records) / elapsed, killed & also_killed
+
+
+async def _peer_rate(
+    stack: LocalStack, peer: str, records: list[tuple[bytes, bytes]], partitions: int
+) -> float:
+    """The same records on a topic of their own, drained by a peer process (streams/lab/_peers.py)."""
+    topic = f"{stack.topics['events']}.peer-{peer}-{uuid.uuid4().hex[:6]}"
+    await ensure_topics(stack.bootstrap, [TopicSpec(topic, partitions, 1, 3_600_000)])
+    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+        for key, value in records:
+            await producer.send(topic, key, value)
+        await producer.flush()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "streams.lab._peers",
+        peer,
+        "--bootstrap",
+        stack.bootstrap,
+        "--topic",
+        topic,
+        "--count",
+        str(len(records)),
+        "--partitions",
+        str(partitions),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=900)
+    except TimeoutError:
+        proc.kill()
+        raise
+    for line in out.decode().splitlines():
+        if line.startswith("{"):
+            return float(orjson.loads(line)["events_per_s"])
+    raise RuntimeError(f"peer {peer} gave no figure (exit {proc.returncode}): {err.decode()[-2000:]}")
 
 
 async def _background(stack: LocalStack, rate: int, stop: asyncio.Event) -> int:
@@ -218,7 +318,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _bench(
-    bootstrap: str | None, redis_url: str | None, events: int, kills: int, rate: int
+    bootstrap: str | None, redis_url: str | None, events: int, kills: int, rate: int, flood: int
 ) -> dict[str, Any]:
     partitions = 4
     async with LocalStack(
@@ -230,12 +330,19 @@ async def _bench(
     ) as stack:
         broker = "embedded Tansu" if stack.embedded else f"Kafka at {stack.bootstrap}"
         print(f"bench: broker {broker}, worker ready; {events} events x {_ROUNDS} rounds", file=sys.stderr)
-        rates = []
+        sessions = max(1, events // 10)
+        rates: list[float] = []
         for r in range(_ROUNDS):
-            rates.append(
-                await _throughput_round(stack, events, sessions=max(1, events // 10), partitions=partitions)
-            )
+            drained, _ = await _drain_round(stack, list(_round_records(events, sessions)), partitions)
+            rates.append(drained)
             print(f"bench: round {r + 1}: {rates[-1]:,.0f} events/s", file=sys.stderr)
+        peers = {}
+        for peer in ("aiokafka", "faust"):
+            peers[peer] = await _peer_rate(stack, peer, _round_records(events, sessions), partitions)
+            print(f"bench: peer {peer}: {peers[peer]:,.0f} events/s", file=sys.stderr)
+        flood_records, runaways = _flood_records(_round_records(events, sessions), flood, 100)
+        flood_rate, flood_killed = await _drain_round(stack, flood_records, partitions, also_killed=runaways)
+        print(f"bench: flood of {flood:,} malformed records: {flood_rate:,.0f} records/s", file=sys.stderr)
         print("bench: SDK cost per call", file=sys.stderr)
         sdk = await sdk_costs(stack)
         stop = asyncio.Event()
@@ -255,6 +362,16 @@ async def _bench(
             "rounds_events_per_s": [round(x) for x in rates],
             "median_events_per_s": round(statistics.median(rates)),
             "spread_max_over_min": round(max(rates) / min(rates), 2),
+            "peers_events_per_s": {k: round(v) for k, v in peers.items()},
+            "ratio_to_peers": {k: round(statistics.median(rates) / v, 2) for k, v in peers.items()},
+        },
+        "flood": {
+            "malformed": flood,
+            "valid": events,
+            "records_per_s": round(flood_rate),
+            "ratio_to_valid_rate": round(flood_rate / statistics.median(rates), 2),
+            "runaways": len(runaways),
+            "runaways_killed": len(flood_killed),
         },
         "sdk": sdk,
         "kill_latency_ms": {
@@ -278,9 +395,10 @@ def run_bench(
     kills: int,
     background_rate: int,
     json_output: bool,
+    flood: int = 100_000,
 ) -> int:
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
-    report = asyncio.run(_bench(bootstrap, redis_url, events, kills, background_rate))
+    report = asyncio.run(_bench(bootstrap, redis_url, events, kills, background_rate, flood))
     if json_output:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return 0
@@ -300,6 +418,16 @@ def run_bench(
             if k["not_killed_within_30s"]
             else ""
         )
+    )
+    peers = ", ".join(
+        f"{name} {rate:,} ({t['ratio_to_peers'][name]}x)" for name, rate in t["peers_events_per_s"].items()
+    )
+    print(f"peers in the same run (same events, own process, draining a backlog): {peers}")
+    f = report["flood"]
+    print(
+        f"flood: {f['malformed']:,} malformed records among {f['valid']:,} valid events drained at "
+        f"{f['records_per_s']:,} records/s ({f['ratio_to_valid_rate']}x the valid-event rate); "
+        f"{f['runaways_killed']} of {f['runaways']} runaways in the flood killed"
     )
     sizes = ", ".join(f"{b:,} B after {n} events" for n, b in report["state_bytes_per_session"].items())
     print(f"session state (changelog record): {sizes}")

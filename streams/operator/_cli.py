@@ -1,7 +1,8 @@
 """`tripwire`: the command line for operators and first-time users.
 
 tripwire demo [--json] [--bootstrap HOST:PORT --redis URL]   the whole loop on embedded servers
-tripwire worker --config FILE                               run a worker (creates topics first)
+tripwire worker --config FILE [--processes N]               run a worker (creates topics first)
+tripwire stages --config FILE                               the keyed stages in a process of their own
 tripwire topics create --config FILE                        create every topic, idempotently
 tripwire config check FILE                                  validate a config file, explain errors
 tripwire sinks --config FILE                                deliver alerts to the configured sinks
@@ -26,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from agents_contract import Fence, contract_json_schema
+from agents_contract import contract_json_schema
 from detectors import FailureClass
 from streams._config import ConfigError, Settings, load_settings
 from streams._kafka import ensure_topics, topic_specs, wait_for_broker
@@ -82,7 +83,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--config", type=Path)
+    p.add_argument(
+        "--processes", type=int, default=1, help="worker processes of one group on this host (one core each)"
+    )
+    # Set by `--processes` for each process it starts.
+    p.add_argument("--process", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=_worker)
+
+    p = sub.add_parser("stages", help="run the keyed stages in a process of their own")
+    p.add_argument("--config", type=Path)
+    p.set_defaults(run=_stages)
 
     p = sub.add_parser("sinks", help="deliver alerts to the configured paging sinks")
     p.add_argument("--config", type=Path)
@@ -143,8 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=100_000, help="events in the throughput run")
     p.add_argument("--kills", type=int, default=200, help="kills timed under background load")
     p.add_argument(
-        "--background-rate", type=int, default=2_000, help="background events/s during kill timing"
+        "--background-rate", type=int, default=10_000, help="background events/s during kill timing"
     )
+    p.add_argument("--flood", type=int, default=100_000, help="malformed records in the flood round")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_bench)
     return parser
@@ -189,25 +200,6 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-async def prepare(settings: Settings) -> None:
-    """Wait for Kafka and Redis, then create the topics: what a worker does before it joins the group."""
-    await wait_for_broker(settings.kafka.bootstrap)
-    fence = Fence(settings.redis.url)
-    try:
-        await fence.ping()
-    except Exception as exc:
-        raise ConfigError(f"redis.url: cannot reach {settings.redis.url}: {exc}") from None
-    finally:
-        await fence.close()
-    for outcome in await ensure_topics(settings.kafka.bootstrap, topic_specs(settings)):
-        logging.getLogger("tripwire.topics").info(
-            "topic %s: %s (%d partitions)",
-            outcome.spec.name,
-            "created" if outcome.created else "exists",
-            outcome.partitions,
-        )
-
-
 def _topics_create(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     outcomes = asyncio.run(_create(settings))
@@ -225,12 +217,22 @@ async def _create(settings: Settings) -> list:  # type: ignore[type-arg]
 def _worker(args: argparse.Namespace) -> int:
     from streams.worker._run import run_worker
 
-    return run_worker(load_settings(args.config), config_path=args.config)
+    if args.processes < 1:
+        raise ConfigError(f"--processes: {args.processes} is not allowed; at least 1")
+    return run_worker(
+        load_settings(args.config), config_path=args.config, processes=args.processes, process=args.process
+    )
+
+
+def _stages(args: argparse.Namespace) -> int:
+    from streams.worker._run import run_stages
+
+    return run_stages(load_settings(args.config))
 
 
 def _sinks(args: argparse.Namespace) -> int:
     from streams.operator._sinks import run_sinks
-    from streams.worker._run import serve_metrics
+    from streams.worker._run import prepare, serve_metrics
 
     settings = load_settings(args.config)
     logging.basicConfig(
@@ -355,4 +357,5 @@ def _bench(args: argparse.Namespace) -> int:
         kills=args.kills,
         background_rate=args.background_rate,
         json_output=args.json,
+        flood=args.flood,
     )

@@ -33,6 +33,11 @@ class KillWatch:
             self._deadline[state.session_id] = deadline
             heapq.heappush(self._queue, (deadline, state.session_id))
 
+    def defer(self, session_id: str, until_ms: int) -> None:
+        """Look at this kill again at `until_ms` (its acknowledgement may be in a backlog not yet judged)."""
+        self._deadline[session_id] = until_ms
+        heapq.heappush(self._queue, (until_ms, session_id))
+
     def settle(self, session_id: str) -> None:
         self._deadline.pop(session_id, None)
 

@@ -210,3 +210,41 @@ async def test_a_worker_on_a_broker_without_its_topics_creates_them_and_judges(
         specs = [TopicSpec(name, 4, 1, 0, compact=True) for name in names]
         outcomes = await ensure_topics(stack.bootstrap, specs)
         assert [(o.created, o.partitions) for o in outcomes] == [(False, 4), (False, 4)]
+
+
+async def test_a_flood_of_malformed_records_is_drained_while_runaways_beside_it_are_killed(
+    stack: LocalStack,
+) -> None:
+    flood = 20_000
+    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+        for i in range(flood):
+            key = f"flood-{i % 101}".encode()
+            value = b"\xff not json" if i % 2 else orjson.dumps({"kind": "turn.completed", "session_id": "x"})
+            await producer.send(stack.topics["events"], key, value)
+        await producer.flush()
+    async with stack.guard() as guard:
+        sessions = [
+            guard.session(f"s-flood-{n}", agent_id="a1", tenant_id="t", user_id="u") for n in range(5)
+        ]
+        for s in sessions:
+            await s.attach()
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(s.run(runaway(s)), DEADLINE_S) for s in sessions), return_exceptions=True
+        )
+        assert all(isinstance(o, SessionKilled) for o in outcomes), outcomes
+        for s in sessions:
+            await s.detach()
+    # Every malformed record has its dead letter, and the worker committed past all of them.
+    await stack.drain(timeout_s=DEADLINE_S)
+    letters = 0
+    async with TopicReader(stack.bootstrap, stack.topics["dlq"]) as reader:
+
+        async def counted() -> bool:
+            nonlocal letters
+            letters += len(await reader.read())
+            return letters >= flood
+
+        await wait_for(f"{flood} dead letters", counted)
+    assert letters == flood
+    assert stack.worker is not None
+    assert "Traceback" not in stack.worker.log_tail(400)

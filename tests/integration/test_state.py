@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from streams import TopicReader
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.integration.test_kill_path import quick, read_topic
@@ -60,3 +61,34 @@ async def test_a_stage_key_expires_with_its_window(broker: Broker, redis_url: st
             stack, changelog, lambda key, value, headers: key == b"agent_budget:t/a1" and value is None
         )
         assert gone
+
+
+async def test_a_burst_of_one_session_is_checkpointed_once_per_interval_not_per_event(
+    broker: Broker, redis_url: str
+) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=10_000),
+        worker={"checkpoint_interval_s": 2.0},
+        private_topics=True,
+    ) as stack:
+        async with (
+            stack.guard() as guard,
+            guard.session("s-burst", agent_id="a1", tenant_id="t", user_id="u") as s,
+        ):
+            for i in range(300):
+                s.record_tool("search", {"q": i}, result=i)
+            await guard.flush()
+        # The state after the session ended reaches the changelog, and the offsets are committed after it.
+        await stack.drain(timeout_s=60)
+        await read_topic(
+            stack, f"{stack.app_id}-sessions-changelog", lambda key, value, headers: key == b"s-burst"
+        )
+        written = []
+        async with TopicReader(stack.bootstrap, f"{stack.app_id}-sessions-changelog") as reader:
+            while records := await reader.read(timeout_ms=1000):
+                written.extend(r for r in records if r[0] == b"s-burst")
+        # 601 events (300 tool calls of two events, and the end), judged in a few checkpoint intervals.
+        assert 1 <= len(written) <= 6, len(written)

@@ -1,0 +1,84 @@
+"""Live state over a Faust table: objects while the worker runs, changelog bytes at checkpoints.
+
+The worker mutates decoded state objects in place and writes them back to the table's changelog only at a
+checkpoint, once per key however many events changed it. After recovery Faust's table holds the changelog's
+bytes; a key is decoded the first time it is looked up. Writes are returned as records for `Output`, so
+they travel in the same bulk sends as the rest of the worker's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from streams.worker._seam import Send
+
+S = TypeVar("S")
+
+
+class LiveStore(Generic[S]):
+    def __init__(
+        self,
+        table: Any,
+        live: type[S],
+        decode: Callable[[bytes], S],
+        encode: Callable[[S], bytes],
+        *,
+        changelog_topic: str,
+    ) -> None:
+        self._table = table
+        self._live = live
+        self._decode = decode
+        self._encode = encode
+        self.changelog_topic = changelog_topic
+
+    def lookup(self, key: str) -> S | None:
+        data = self._table.data
+        raw = key.encode()
+        value = data.get(raw)
+        if value is None or isinstance(value, self._live):
+            return value
+        state = self._decode(value)
+        data[raw] = state
+        return state
+
+    def keep(self, key: str, state: S) -> None:
+        """Hold a new state in the table (it reaches the changelog at the next checkpoint)."""
+        self._table.data[key.encode()] = state
+
+    def states(self) -> Iterator[S]:
+        for _, state in self.items():
+            yield state
+
+    def items(self) -> Iterator[tuple[str, S]]:
+        for raw in list(self._table.data.keys()):
+            key = raw.decode()
+            state = self.lookup(key)
+            if state is not None:
+                yield key, state
+
+    def __len__(self) -> int:
+        return len(self._table.data)
+
+    def checkpoint(self, dirty: dict[str, tuple[S, int]]) -> list[Send]:
+        """The changelog records of these states (key -> (state, partition)), which stay in the table."""
+        data = self._table.data
+        topic = self.changelog_topic
+        encode = self._encode
+        out: list[Send] = []
+        for key, (state, partition) in dirty.items():
+            raw = key.encode()
+            data[raw] = state
+            out.append((topic, partition, raw, encode(state), None))
+        return out
+
+    def evict(self, gone: dict[str, int]) -> list[Send]:
+        """Drop these keys (key -> partition) from the table; returns a tombstone for each, so a recovering
+        worker does not bring them back."""
+        data = self._table.data
+        out: list[Send] = []
+        for key, partition in gone.items():
+            raw = key.encode()
+            data.pop(raw, None)
+            out.append((self.changelog_topic, partition, raw, None, None))
+        return out
