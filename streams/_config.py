@@ -74,8 +74,9 @@ class TopicSettings(_Section):
 
 class WorkerSettings(_Section):
     app_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "tripwire"
-    # Events are judged in batches so that state is checkpointed once per session per batch, not per event.
-    batch_max: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    # Most events judged before their kills go out: small enough that a kill never waits long behind its
+    # batch; checkpoints, not batches, set how often state is written.
+    batch_max: Annotated[int, Field(ge=1, le=100_000)] = 256
     batch_within_ms: Annotated[int, Field(ge=1, le=10_000)] = 5
     # State changes accumulate and are written to the changelog once per session per checkpoint, and the
     # offsets judged are committed only after that (kills never wait for it). Sooner when this many

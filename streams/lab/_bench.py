@@ -245,9 +245,10 @@ async def _peer_rate(
     except TimeoutError:
         proc.kill()
         raise
-    for line in out.decode().splitlines():
-        if line.startswith("{"):
-            return float(orjson.loads(line)["events_per_s"])
+    for line in out.decode(errors="replace").splitlines():
+        # Faust's worker writes terminal control codes (cursor on/off) before the figure.
+        if "{" in line:
+            return float(orjson.loads(line[line.index("{") :])["events_per_s"])
     raise RuntimeError(f"peer {peer} gave no figure (exit {proc.returncode}): {err.decode()[-2000:]}")
 
 

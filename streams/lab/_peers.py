@@ -90,12 +90,12 @@ def _faust_peer(bootstrap: str, topic: str, count: int, partitions: int) -> dict
             if seen == count:
                 elapsed = time.perf_counter() - started
                 result.update(peer="faust", events=seen, seconds=elapsed, events_per_s=seen / elapsed)
-                sys.stdout.write(orjson.dumps(result).decode() + "\n")
-                sys.stdout.flush()
+                # Faust's worker takes over sys.stdout; the figure goes to the process's own.
+                os.write(1, orjson.dumps(result) + b"\n")
                 # The figure is out; a peer has nothing to hand over, so no orderly shutdown is needed.
                 os._exit(0)
 
-    faust.Worker(app, loglevel="error", quiet=True).execute_from_commandline()
+    faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
     return result
 
 

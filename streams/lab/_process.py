@@ -27,8 +27,17 @@ def write_config(path: Path, settings: dict[str, Any]) -> Path:
 
 
 class WorkerProcess:
-    def __init__(self, config: Path, *, app_id: str, redis_url: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        app_id: str,
+        redis_url: str,
+        log_path: Path,
+        command: tuple[str, ...] = ("worker",),
+    ) -> None:
         self.config = config
+        self.command = command
         self.app_id = app_id
         self.redis_url = redis_url
         self.log_path = log_path
@@ -38,7 +47,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker", "--config", str(self.config)],
+            [sys.executable, "-m", "streams", *self.command, "--config", str(self.config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

@@ -45,9 +45,11 @@ class LocalStack:
         idempotent: bool | None = None,
         sinks: dict[str, Any] | None = None,
         create_topics: bool = True,
+        worker_args: tuple[str, ...] = (),
     ) -> None:
         # False leaves every topic to the worker's own start (as on a broker it has never seen).
         self._create_topics = create_topics
+        self._worker_args = worker_args
         self._bootstrap = bootstrap
         self._redis_url = redis_url
         self._detectors = detectors or {}
@@ -134,13 +136,15 @@ class LocalStack:
             raise
         return self
 
-    async def start_worker(self) -> WorkerProcess:
+    async def start_worker(self, *args: str) -> WorkerProcess:
+        """Start the worker (`tripwire worker` with these extra arguments) and wait until it judges."""
         since = wall_clock()
         self.worker = WorkerProcess(
             self.workdir / "tripwire.yaml",
             app_id=self.app_id,
             redis_url=self.redis_url,
             log_path=self.workdir / "worker.log",
+            command=("worker", *(args or self._worker_args)),
         )
         self.worker.start()
         await self.worker.wait_ready(since_ms=since)
