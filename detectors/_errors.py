@@ -68,14 +68,16 @@ class ErrorBurst:
         failed = event.status == "error"
         if not failed and self.ratio is None:
             return None
+        # Entries are [event time since the origin, 1 if it failed].
         results: list[list[int]] = slot(state, self.name, [])
-        insert(results, [event.event_time_ms, int(failed)])
-        slide(results, state.last_event_ms, self.window_ms, limit=self._limit)
+        origin = state.origin_ms
+        insert(results, [event.event_time_ms - origin, int(failed)])
+        slide(results, state.last_event_ms - origin, self.window_ms, limit=self._limit)
         calls = len(results)
         errors = sum(entry[1] for entry in results)
         if not errors:
             return None
-        window = (results[0][0], state.last_event_ms)
+        window = (results[0][0] + origin, state.last_event_ms)
         window_s = f"{self.window_ms / 1000:g} s"
         evidence: dict[str, Any] = {
             "errors": errors,
@@ -136,23 +138,26 @@ class ErrorPropagation:
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, ToolReturned) or event.status != "error" or state.late:
             return None
-        # One entry per agent, its newest error: the tightest window that the agents' errors fit in.
+        # One entry per agent, its newest error (time since the origin): the tightest window that the agents'
+        # errors fit in.
         latest: list[list[Any]] = slot(state, self.name, [])
         agent = compact_id(event.agent_id)
+        origin = state.origin_ms
+        t = event.event_time_ms - origin
         for at, entry in enumerate(latest):
             if entry[1] == agent:
-                if entry[0] >= event.event_time_ms:
+                if entry[0] >= t:
                     return None
                 del latest[at]
                 break
-        insert(latest, [event.event_time_ms, agent])
+        insert(latest, [t, agent])
         # Only the newest `agents` of them can make the case, so no more are kept.
-        slide(latest, state.last_event_ms, self.window_ms, limit=self.agents)
+        slide(latest, state.last_event_ms - origin, self.window_ms, limit=self.agents)
         if len(latest) < self.agents:
             return None
-        first_ms = latest[0][0]
+        first_ms = latest[0][0] + origin
         names = [entry[1] for entry in latest]
-        span_s = (latest[-1][0] - first_ms) / 1000
+        span_s = (latest[-1][0] + origin - first_ms) / 1000
         return verdict(
             self.name,
             FailureClass.CASCADING_FAILURE,

@@ -26,7 +26,7 @@ from detectors._errors import compact_id
 from detectors._state import SessionState
 from detectors._suite import Detector, verdict
 from detectors._verdict import FailureClass, Verdict
-from detectors._window import insert, slide, slot
+from detectors._window import packed_id, slot, unpacked_ids
 
 # Agents (or tools) whose runs are kept per session; a further one replaces the one heard from longest ago.
 _TRACKED: Final = 4
@@ -36,6 +36,8 @@ _TRACKED: Final = 4
 _DIGESTS: Final = 8
 _BITMAP_BITS: Final = 512
 _MIN_PRINTS: Final = 4
+# The slot of the tool calls that RepeatedToolCall and CyclicPattern share.
+_CALLS: Final = "tool_calls"
 # Message contents remembered per exchange between two agents.
 _SEEN: Final = 48
 
@@ -61,18 +63,41 @@ def _tracked(runs: dict[str, Any], key: str, fresh: Any) -> Any:
     return run
 
 
-def _same_in_a_row(runs: dict[str, Any], key: str, value: str, event: AgentEvent) -> list[Any]:
-    """The run under `key` ([value hash, times in a row, first time, ids]) after one more `value`."""
+def _same_in_a_row(
+    runs: dict[str, Any], key: str, value: str, event: AgentEvent, origin_ms: int
+) -> list[Any]:
+    """The run under `key` ([value hash, times in a row, first time since `origin_ms`, ids]) after one more
+    `value`."""
     mark = _h(value)
-    run: list[Any] = _tracked(runs, key, [mark, 0, event.event_time_ms, []])
+    t = event.event_time_ms - origin_ms
+    run: list[Any] = _tracked(runs, key, [mark, 0, t, []])
     if run[0] != mark:
-        run[:] = [mark, 0, event.event_time_ms, []]
+        run[:] = [mark, 0, t, []]
     run[1] += 1
     return run
 
 
+def _recent_calls(state: SessionState, event: ToolCalled, keep: int, carried: list[list[Any]]) -> list[Any]:
+    """The session's last tool calls as [event time since the origin, call hash, event id], in arrival order,
+    `event` the newest: one list that RepeatedToolCall and CyclicPattern share, so each call is kept once,
+    as long as the longer of their needs. `carried` seeds it from a checkpoint of a version that kept a list
+    per detector."""
+    shared: dict[str, Any] | None = state.slots.get(_CALLS)
+    if shared is None:
+        shared = state.slots[_CALLS] = {"keep": keep, "calls": carried}
+    elif shared["keep"] < keep:
+        shared["keep"] = keep
+    calls: list[list[Any]] = shared["calls"]
+    mark = packed_id(event.event_id)
+    if not calls or calls[-1][2] != mark:  # the other detector may have added it already
+        calls.append([event.event_time_ms - state.origin_ms, _h(event.tool_name, event.args_digest), mark])
+        if len(calls) > shared["keep"]:
+            del calls[: len(calls) - shared["keep"]]
+    return calls
+
+
 def _ids(ids: list[str], event_id: str, keep: int) -> None:
-    ids.append(event_id)
+    ids.append(packed_id(event_id))
     if len(ids) > keep:
         del ids[: len(ids) - keep]
 
@@ -103,16 +128,16 @@ class RepeatedToolCall:
         return None
 
     def _call(self, state: SessionState, event: ToolCalled) -> Verdict | None:
-        window: dict[str, Any] = slot(state, self.name, {})
-        # Entries are [event time, call hash, event id].
-        calls: list[list[Any]] = window.setdefault("calls", [])
-        key = _h(event.tool_name, event.args_digest)
-        insert(calls, [event.event_time_ms, key, event.event_id])
-        slide(calls, state.last_event_ms, self.window_ms, limit=self._limit)
-        same = [entry for entry in calls if entry[1] == key]
+        own: dict[str, Any] = state.slots.get(self.name) or {}
+        calls = _recent_calls(state, event, self._limit, own.pop("calls", []))
+        key = calls[-1][1]
+        origin = state.origin_ms
+        start = state.last_event_ms - origin - self.window_ms
+        same = [entry for entry in calls[-self._limit :] if entry[1] == key and entry[0] >= start]
         if len(same) < self.count:
             return None
-        span_s = (same[-1][0] - same[0][0]) / 1000
+        first = min(entry[0] for entry in same)
+        span_s = (max(entry[0] for entry in same) - first) / 1000
         return verdict(
             self.name,
             FailureClass.RUNAWAY_EXECUTION,
@@ -124,8 +149,8 @@ class RepeatedToolCall:
             ),
             observed=len(same),
             threshold=self.count,
-            event_ids=[entry[2] for entry in same],
-            window=(same[0][0], state.last_event_ms),
+            event_ids=unpacked_ids(entry[2] for entry in same),
+            window=(first + origin, state.last_event_ms),
             match="same_arguments",
             tool_name=event.tool_name,
             args_digest=event.args_digest,
@@ -137,12 +162,14 @@ class RepeatedToolCall:
         if event.status != "ok" or (event.result_digest is None and not event.fingerprints):
             return None
         window: dict[str, Any] = slot(state, self.name, {})
-        # The run: [tool hash, results that brought nothing new, first result's time, result digest hashes,
-        # fingerprint bitmap (hex), ids].
+        # The run: [tool hash, results that brought nothing new, first result's time since the origin, result
+        # digest hashes, fingerprint bitmap (hex), ids].
         run: list[Any] | None = window.get("run")
         tool = _h(event.tool_name)
-        if run is None or run[0] != tool or event.event_time_ms - run[2] > self.window_ms:
-            run = window["run"] = _fresh_run(tool, event.event_time_ms)
+        origin = state.origin_ms
+        t = event.event_time_ms - origin
+        if run is None or run[0] != tool or t - run[2] > self.window_ms:
+            run = window["run"] = _fresh_run(tool, t)
         mark = _h(event.result_digest) if event.result_digest is not None else None
         prints = event.fingerprints or ()
         bitmap = int(run[4], 16)
@@ -154,7 +181,7 @@ class RepeatedToolCall:
         )
         if run[5] and not stale:
             # Something new came back: the run starts over from this result.
-            run[:] = _fresh_run(tool, event.event_time_ms)
+            run[:] = _fresh_run(tool, t)
             bitmap = 0
         elif stale:
             run[1] += 1
@@ -176,8 +203,8 @@ class RepeatedToolCall:
             ),
             observed=run[1] + 1,
             threshold=self.count,
-            event_ids=run[5],
-            window=(run[2], state.last_event_ms),
+            event_ids=unpacked_ids(run[5]),
+            window=(run[2] + origin, state.last_event_ms),
             match="same_results",
             tool_name=event.tool_name,
             calls=run[1] + 1,
@@ -205,12 +232,11 @@ class CyclicPattern:
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, ToolCalled) or state.late:
             return None
-        # Entries are [call hash, event id], in arrival order: a cycle is an order of calls.
-        calls: list[list[Any]] = slot(state, self.name, [])
-        calls.append([_h(event.tool_name, event.args_digest), event.event_id])
-        if len(calls) > self._keep:
-            del calls[: len(calls) - self._keep]
-        keys = [entry[0] for entry in calls]
+        # A cycle is an order of calls: the shared list is in arrival order.
+        own = state.slots.pop(self.name, None)  # a list of [call hash, event id] before format 5
+        carried = [[0, *entry] for entry in own] if isinstance(own, list) else []
+        calls = _recent_calls(state, event, self._keep, carried)[-self._keep :]
+        keys = [entry[1] for entry in calls]
         for period in range(2, self.max_period + 1):
             span = period * self.repeats
             if len(keys) < span:
@@ -222,7 +248,7 @@ class CyclicPattern:
                 continue
             if any(period % shorter == 0 and _periodic(tail, shorter) for shorter in range(2, period)):
                 continue  # reported already under its shortest period
-            ids = [entry[1] for entry in calls[-span:]]
+            ids = unpacked_ids(entry[2] for entry in calls[-span:])
             return verdict(
                 self.name,
                 FailureClass.RUNAWAY_EXECUTION,
@@ -263,10 +289,12 @@ class AgentPingPong:
         sender, receiver = compact_id(event.agent_id), compact_id(event.to_agent_id)
         pair = sorted((sender, receiver))
         content = _h(event.content_digest)
-        # The exchange: [pair, last sender, repeated messages, contents seen, first time, ids].
+        # The exchange: [pair, last sender, repeated messages, contents seen, first time (since the origin),
+        # ids].
         run: list[Any] | None = state.slots.get(self.name)
         if run is None or run[0] != pair or run[1] == sender:
-            run = state.slots[self.name] = [pair, sender, 0, [content], event.event_time_ms, [event.event_id]]
+            t = event.event_time_ms - state.origin_ms
+            run = state.slots[self.name] = [pair, sender, 0, [content], t, [packed_id(event.event_id)]]
             return None
         run[1] = sender
         if content in run[3]:
@@ -288,8 +316,8 @@ class AgentPingPong:
             ),
             observed=run[2],
             threshold=self.exchanges,
-            event_ids=run[5],
-            window=(run[4], state.last_event_ms),
+            event_ids=unpacked_ids(run[5]),
+            window=(run[4] + state.origin_ms, state.last_event_ms),
             agents=pair,
             exchanges=run[2],
             distinct_messages=len(run[3]),
@@ -311,7 +339,11 @@ class NoProgress:
             return None
         # Per agent: the same output in a row.
         run = _same_in_a_row(
-            slot(state, self.name, {}), compact_id(event.agent_id), event.output_digest, event
+            slot(state, self.name, {}),
+            compact_id(event.agent_id),
+            event.output_digest,
+            event,
+            state.origin_ms,
         )
         _ids(run[3], event.event_id, self.repeats)
         if run[1] < self.repeats:
@@ -327,8 +359,8 @@ class NoProgress:
             ),
             observed=run[1],
             threshold=self.repeats,
-            event_ids=run[3],
-            window=(run[2], state.last_event_ms),
+            event_ids=unpacked_ids(run[3]),
+            window=(run[2] + state.origin_ms, state.last_event_ms),
             turns=run[1],
             output_digest=event.output_digest,
             model=event.model,
@@ -350,13 +382,14 @@ class Monologue:
         if not (acting or isinstance(event, TurnCompleted)) or state.late:
             return None
         runs: dict[str, Any] = slot(state, self.name, {})
-        # Per agent: [turns in a row, first time, ids].
-        run = _tracked(runs, compact_id(event.agent_id), [0, event.event_time_ms, []])
+        # Per agent: [turns in a row, first time since the origin, ids].
+        t = event.event_time_ms - state.origin_ms
+        run = _tracked(runs, compact_id(event.agent_id), [0, t, []])
         if acting:
-            run[:] = [0, event.event_time_ms, []]
+            run[:] = [0, t, []]
             return None
         if not run[0]:
-            run[1] = event.event_time_ms
+            run[1] = t
         run[0] += 1
         _ids(run[2], event.event_id, self.turns)
         if run[0] < self.turns:
@@ -372,8 +405,8 @@ class Monologue:
             ),
             observed=run[0],
             threshold=self.turns,
-            event_ids=run[2],
-            window=(run[1], state.last_event_ms),
+            event_ids=unpacked_ids(run[2]),
+            window=(run[1] + state.origin_ms, state.last_event_ms),
             turns=run[0],
         )
 
@@ -398,7 +431,7 @@ class RepeatedError:
             runs.pop(key, None)
             return None
         # Per tool: the same error class in a row.
-        run = _same_in_a_row(runs, key, error, event)
+        run = _same_in_a_row(runs, key, error, event, state.origin_ms)
         _ids(run[3], event.event_id, self.count)
         if run[1] < self.count:
             return None
@@ -413,8 +446,8 @@ class RepeatedError:
             ),
             observed=run[1],
             threshold=self.count,
-            event_ids=run[3],
-            window=(run[2], state.last_event_ms),
+            event_ids=unpacked_ids(run[3]),
+            window=(run[2] + state.origin_ms, state.last_event_ms),
             tool_name=event.tool_name,
             error_type=error,
             failures=run[1],

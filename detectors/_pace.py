@@ -57,10 +57,13 @@ class BurnRate:
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, TurnCompleted) or event.cost_usd <= 0 or state.late:
             return None
-        # Entries are [bucket start, spend in the bucket]: bounded by the window, not by the turn rate.
+        # Entries are [bucket start since the session's origin, spend in the bucket]: bounded by the window,
+        # not by the turn rate.
         buckets: list[list[float]] = slot(state, self.name, [])
-        tally(buckets, event.event_time_ms - event.event_time_ms % self._bucket_ms, event.cost_usd)
-        slide(buckets, state.last_event_ms, self.window_ms, limit=_BUCKETS + 1)
+        origin = state.origin_ms
+        start = event.event_time_ms - event.event_time_ms % self._bucket_ms - origin
+        tally(buckets, start, event.cost_usd)
+        slide(buckets, state.last_event_ms - origin, self.window_ms, limit=_BUCKETS + 1)
         spend = sum(bucket[1] for bucket in buckets)
         spent = state.cost_usd
         if spend < self.min_spend_usd or spend <= 0 or spent >= self.ceiling_usd:
@@ -156,10 +159,12 @@ class MemoryWriteAmplification:
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, MemoryWritten) or state.late:
             return None
+        # Entries are [event time since the session's origin].
         times: list[list[int]] = slot(state, self.name, [])
-        insert(times, [event.event_time_ms])
+        origin = state.origin_ms
+        insert(times, [event.event_time_ms - origin])
         # One past the limit is all the case needs.
-        slide(times, state.last_event_ms, self.window_ms, limit=self.writes + 1)
+        slide(times, state.last_event_ms - origin, self.window_ms, limit=self.writes + 1)
         if len(times) <= self.writes:
             return None
         return verdict(
@@ -173,7 +178,7 @@ class MemoryWriteAmplification:
             ),
             observed=len(times),
             threshold=self.writes,
-            window=(times[0][0], state.last_event_ms),
+            window=(times[0][0] + origin, state.last_event_ms),
             advisory=True,
             writes=len(times),
             limit=self.writes,

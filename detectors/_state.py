@@ -2,7 +2,9 @@
 
 The worker keeps one `SessionState` per active session in memory and checkpoints it to a changelog, so the
 state must stay compact (no event history: running totals, plus each detector's own bounded window in
-`slots`) and serialise without a schema library.
+`slots`) and serialise without a schema library. Windowed detectors keep event times relative to the
+session's `origin_ms` (a few digits instead of thirteen, in memory and in the changelog) and event ids
+packed (`detectors._window.packed_id`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any, Final
 
 import orjson
 
-from agents_contract import AgentEvent, SessionEnded, ToolCalled, TurnCompleted, TurnStarted
+from agents_contract import AgentEvent, TurnCompleted
 
 _WINDOW_BITS: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
-_FORMAT: Final = 4
+_FORMAT: Final = 5
 # Recent event ids per session (crc32, 8 hex digits each, in one string to keep the checkpoint small): a
 # producer that re-sends an event under a new seq is still caught.
 _RECENT_IDS: Final = 8
@@ -67,6 +69,9 @@ class SessionState:
     heard_ms: int = 0
     # crc32 of the session's most recent event ids as hex, newest last (at most _RECENT_IDS).
     recent_ids: str = ""
+    # The time of the session's first accepted event, fixed from then on: detector windows keep event times
+    # relative to it (`event_time_ms - origin_ms`), a few digits instead of thirteen.
+    origin_ms: int = 0
     # Not checkpointed: set by the suite for the event being judged when it is older than the session's
     # newest event by more than the allowed lateness, so windowed detectors leave it out.
     late: bool = False
@@ -95,9 +100,13 @@ class SessionState:
         if event_id:
             mark = f"{zlib.crc32(event_id.encode()):08x}"
             recent = self.recent_ids
-            if any(recent.startswith(mark, i) for i in range(0, len(recent), 8)):
-                return False
-        key = _filter_key(agent_id)
+            # Marks are 8 characters each: a match that straddles two of them is no match.
+            at = recent.find(mark)
+            while at >= 0:
+                if not at & 7:
+                    return False
+                at = recent.find(mark, at + 1)
+        key = agent_id if len(agent_id) <= _FILTER_KEY_CHARS else _filter_key(agent_id)
         window = self.seen.get(key)
         if window is None:
             if len(self.seen) < max_agents:
@@ -128,15 +137,20 @@ class SessionState:
 
     def apply(self, event: AgentEvent) -> None:
         """Account one accepted event: steps are LLM turns and tool calls begun; usage comes with turns."""
+        t = event.event_time_ms
+        if not self.events:
+            self.origin_ms = t
         self.events += 1
-        if isinstance(event, SessionEnded):
+        kind = event.kind
+        if kind == "session.ended":
             self.ended = True
-        if not self.first_event_ms or event.event_time_ms < self.first_event_ms:
-            self.first_event_ms = event.event_time_ms
-        self.last_event_ms = max(self.last_event_ms, event.event_time_ms)
+        if not self.first_event_ms or t < self.first_event_ms:
+            self.first_event_ms = t
+        if t > self.last_event_ms:
+            self.last_event_ms = t
         if not self.tenant_id:
             self.tenant_id, self.user_id = event.tenant_id, event.user_id
-        if isinstance(event, TurnStarted | ToolCalled):
+        if kind == "turn.started" or kind == "tool.called":
             self.steps += 1
         elif isinstance(event, TurnCompleted):
             self.tokens += event.input_tokens + event.output_tokens
@@ -166,17 +180,20 @@ class SessionState:
                 self.ended,
                 self.heard_ms,
                 self.recent_ids,
+                self.origin_ms,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionState:
         fmt, *fields = orjson.loads(raw)
-        if fmt not in (1, 2, 3, _FORMAT):
+        if fmt not in (1, 2, 3, 4, _FORMAT):
             raise ValueError(f"session state format {fmt} is unknown to this version (it reads 1-{_FORMAT})")
         # Each format appends fields to the one before (2: the kill's acknowledgement, 3: detector windows,
-        # 4: recent event ids), so an older record is the newer one with defaults for the fields it lacks.
+        # 4: recent event ids, 5: the origin of window times), so an older record is the newer one with
+        # defaults for the fields it lacks.
         state = cls(*fields)
         if fmt < 4:  # the replay filter kept long agent ids whole before format 4
             state.seen = {_filter_key(k): v for k, v in state.seen.items()}
+        # Before format 5 windows held absolute times: an origin of 0 reads them as they are.
         return state

@@ -7,9 +7,32 @@ give the same verdicts in the worker and in `tripwire replay`, however late they
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterable
 from typing import Any
 
 from detectors._state import SessionState
+
+_PACKED = "~"  # not a character of event ids (agents_contract's id pattern), so a packed id is unambiguous
+
+
+def packed_id(event_id: str) -> str:
+    """An event id as windows keep it: the SDK's ids (32 lowercase hex digits) in 23 characters instead of
+    32, any other id as it is. `unpacked_ids` gives them back."""
+    if len(event_id) != 32:
+        return event_id
+    try:
+        raw = bytes.fromhex(event_id)
+    except ValueError:
+        return event_id
+    if raw.hex() != event_id:  # upper case: it would not come back the same
+        return event_id
+    return _PACKED + base64.urlsafe_b64encode(raw)[:22].decode()
+
+
+def unpacked_ids(ids: Iterable[str]) -> list[str]:
+    """The event ids that `packed_id` kept, as the agents sent them."""
+    return [base64.urlsafe_b64decode(kept[1:] + "==").hex() if kept[:1] == _PACKED else kept for kept in ids]
 
 
 def slot(state: SessionState, name: str, default: Any) -> Any:

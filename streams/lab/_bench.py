@@ -15,6 +15,7 @@ sessions) publish one breaching turn each; the SDK times the breaching event's s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import random
@@ -62,17 +63,23 @@ _ROUNDS = 3
 _T0 = wall_clock()
 
 
-def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
-    """A realistic mix for one session: turns and tool calls with their completions, cheap and small."""
+def _event_id(session_id: str, seq: int) -> str:
+    """An event id shaped like the SDK's (32 hex digits), the same in every run."""
+    return hashlib.blake2b(f"{session_id}-{seq}".encode(), digest_size=16).hexdigest()
+
+
+def _session_events(session_id: str, seq0: int, count: int, *, step_ms: int = 1) -> list[bytes]:
+    """A realistic mix for one session: turns and tool calls with their completions, cheap and small,
+    `step_ms` apart."""
     env = {"session_id": session_id, "agent_id": "worker-agent", "tenant_id": "bench", "user_id": "u"}
     out: list[bytes] = []
     for i in range(count):
         seq = seq0 + i
         common: dict[str, Any] = {
             **env,
-            "event_id": f"{session_id}-{seq}",
+            "event_id": _event_id(session_id, seq),
             "seq": seq,
-            "event_time_ms": _T0 + seq,
+            "event_time_ms": _T0 + seq * step_ms,
         }
         event: AgentEvent
         match i % 4:
@@ -102,8 +109,9 @@ def _session_events(session_id: str, seq0: int, count: int) -> list[bytes]:
         out.append(encode_event(event))
     # A session that ends, as agents' sessions do: one left open would be killed by the stall detector
     # once the bench has run for its quiet time (5 min), which is not what a throughput figure measures.
-    ended: dict[str, Any] = {**env, "event_id": f"{session_id}-{seq0 + count}", "seq": seq0 + count}
-    out.append(encode_event(SessionEnded(**ended, event_time_ms=_T0 + seq0 + count)))
+    seq = seq0 + count
+    ended: dict[str, Any] = {**env, "event_id": _event_id(session_id, seq), "seq": seq}
+    out.append(encode_event(SessionEnded(**ended, event_time_ms=_T0 + seq * step_ms)))
     return out
 
 
@@ -292,12 +300,13 @@ async def _kill_latencies(stack: LocalStack, kills: int) -> tuple[list[float], i
 
 
 def _state_bytes(events: int) -> int:
-    """The changelog record of one bench session after `events` events through every detector: what the
-    worker keeps per active session (in memory as objects, a small multiple of this)."""
+    """The changelog record of one active bench session after `events` events (SDK-shaped ids, one a second)
+    through every detector: what the worker keeps per session (in memory as objects, a small multiple of
+    this)."""
     settings = DetectorSettings.model_validate(BENCH_DETECTORS)
     suite = DetectorSuite(build_policy(settings), clock=lambda: _T0)
     state = SessionState("load-000000-0")
-    for raw in _session_events(state.session_id, 1, events):
+    for raw in _session_events(state.session_id, 1, events, step_ms=1_000)[:-1]:
         suite.observe(state, parse_event(raw))
     return len(state.to_bytes())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -403,3 +404,29 @@ def test_any_mix_of_events_and_replays_keeps_state_small(seed: int) -> None:
     raw = s.state.to_bytes()
     assert len(raw) < 4_096
     assert SessionState.from_bytes(raw).slots == s.state.slots
+
+
+@loops
+def test_a_loop_half_seen_before_relative_window_times_carries_on(
+    detector: Detector, n: int, step: Step
+) -> None:
+    # A format-4 checkpoint held absolute event times in the windows; read today it has an origin of 0.
+    s = Session(detector)
+    s.state.events = 1  # the origin is fixed by a session's first event: here it stays 0, as before format 5
+    assert all(step(s, i, i) == [] for i in range(n - 1))
+    fmt, *fields, origin = orjson.loads(s.state.to_bytes())
+    assert (fmt, origin) == (5, 0)
+    s.state = SessionState.from_bytes(orjson.dumps([4, *fields]))
+    assert s.state.origin_ms == 0
+    assert step(s, n - 1, n) != []
+
+
+@loops
+def test_windows_keep_times_since_the_sessions_first_event(detector: Detector, n: int, step: Step) -> None:
+    s = Session(detector)
+    assert all(step(s, i, 1_000 + i) == [] for i in range(n - 1))
+    assert s.state.origin_ms == T0 + 1_000
+    assert str(T0)[:6] not in orjson.dumps(s.state.slots).decode()
+    verdicts = step(s, n - 1, 1_000 + n)
+    assert verdicts != []
+    assert verdicts[0].window_start_ms >= T0 + 1_000
