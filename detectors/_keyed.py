@@ -59,7 +59,19 @@ class StageRecord:
 
     def fields(self) -> list[Any]:
         """The record as a JSON-able list, in field order (its wire form, and how stage state keeps it)."""
-        return [getattr(self, name) for name in StageRecord.__slots__]
+        return [
+            self.stage,
+            self.key,
+            self.event_id,
+            self.session_id,
+            self.tenant_id,
+            self.user_id,
+            self.agent_id,
+            self.seq,
+            self.event_time_ms,
+            self.kind,
+            self.values,
+        ]
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.fields())
@@ -76,12 +88,21 @@ class StageRecord:
         stage, key, event_id, session_id, tenant_id, user_id, agent_id, seq, event_time_ms, kind, values = (
             fields
         )
-        names = (stage, key, event_id, session_id, tenant_id, user_id, agent_id, kind)
-        if not all(isinstance(n, str) for n in names):
+        # Exact types: JSON gives nothing else, and a subclass (bool is an int) is not what was written.
+        if not (
+            type(key) is str
+            and type(event_id) is str
+            and type(session_id) is str
+            and type(tenant_id) is str
+            and type(user_id) is str
+            and type(agent_id) is str
+            and type(kind) is str
+            and type(stage) is str
+        ):
             raise ValueError("stage, key, kind and the ids must be strings")
-        if any(isinstance(n, bool) or not isinstance(n, int) for n in (seq, event_time_ms)):
+        if type(seq) is not int or type(event_time_ms) is not int:
             raise ValueError("seq and event_time_ms must be integers")
-        if not isinstance(values, dict):
+        if type(values) is not dict:
             raise ValueError("values must be an object")
         if stage not in STAGES:
             raise ValueError(f"stage {stage!r} is not one of {sorted(STAGES)}")

@@ -120,7 +120,8 @@ class DetectorSuite:
             entry[1][kind] = chosen
         return chosen
 
-    def observe(self, state: SessionState, event: AgentEvent) -> Observation:
+    def observe(self, state: SessionState, event: AgentEvent, now_ms: int | None = None) -> Observation:
+        """Judge one event of `state`'s session at `now_ms` (the clock by default)."""
         if not state.accept(
             event.agent_id, event.seq, event.event_id, max_agents=self.max_agents, max_jump=self.max_seq_jump
         ):
@@ -131,7 +132,8 @@ class DetectorSuite:
             event.event_time_ms < state.last_event_ms - self.allowed_lateness_ms
         )
         state.apply(event)
-        now_ms = self._clock()
+        if now_ms is None:
+            now_ms = self._clock()
         state.heard_ms = max(state.heard_ms, now_ms)
         if state.killed_by is not None:
             return _QUIET

@@ -8,6 +8,8 @@ give the same verdicts in the worker and in `tripwire replay`, however late they
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,18 +18,17 @@ from detectors._state import SessionState
 _PACKED = "~"  # not a character of event ids (agents_contract's id pattern), so a packed id is unambiguous
 
 
+_SDK_ID = re.compile(r"[0-9a-f]{32}")  # lower case only: an upper-case id would not come back the same
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def packed_id(event_id: str) -> str:
     """An event id as windows keep it: the SDK's ids (32 lowercase hex digits) in 23 characters instead of
     32, any other id as it is. `unpacked_ids` gives them back."""
-    if len(event_id) != 32:
+    if len(event_id) != 32 or _SDK_ID.fullmatch(event_id) is None:
         return event_id
-    try:
-        raw = bytes.fromhex(event_id)
-    except ValueError:
-        return event_id
-    if raw.hex() != event_id:  # upper case: it would not come back the same
-        return event_id
-    return _PACKED + base64.urlsafe_b64encode(raw)[:22].decode()
+    encoded = binascii.b2a_base64(bytes.fromhex(event_id), newline=False)
+    return _PACKED + encoded[:22].translate(_URLSAFE).decode()
 
 
 def unpacked_ids(ids: Iterable[str]) -> list[str]:

@@ -257,10 +257,11 @@ class Pipeline:
                 )
             )
             return
-        event = self._believable_time(event, state, result)
+        now = self._clock()
+        event = self._believable_time(event, state, result, now)
         result.events += 1
         result.kinds[event.kind] += 1
-        observation = self.suite.observe(state, event)
+        observation = self.suite.observe(state, event, now)
         if observation.duplicate:
             result.duplicates += 1
             return
@@ -291,12 +292,13 @@ class Pipeline:
             )
         return None
 
-    def _believable_time(self, event: AgentEvent, state: SessionState, result: BatchResult) -> AgentEvent:
+    def _believable_time(
+        self, event: AgentEvent, state: SessionState, result: BatchResult, now: int
+    ) -> AgentEvent:
         """The event with a time the windows can use: one from the far future is judged as now, one from
         before its session started (past the lateness) as the session's start, and the first event of a
         session from implausibly long ago as now."""
         t = event.event_time_ms
-        now = self._clock()
         intake = self.intake
         if t > now + intake.max_future_skew_s * 1000:
             why, fixed = "future", now
