@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -52,6 +53,13 @@ def _active_session(sid: str, t0: int) -> list[bytes]:
     ]
 
 
+async def _stopped(session: Any, timeout_s: float) -> None:
+    """The agent does what a real one does on a kill: its work ends, and with it the session's span, so the
+    SDK acknowledges `stopped` (an attached session that never ends stays at `stopping`, and is escalated)."""
+    await asyncio.wait_for(session.wait_killed(), timeout_s)
+    await session.detach("killed")
+
+
 async def _runaway(guard: Any, sid: str) -> Any:
     session = guard.session(sid, agent_id="runaway", tenant_id="t", user_id="u")
     await session.attach()
@@ -83,12 +91,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             TopicReader(stack.bootstrap, stack.topics["alerts"]) as alerts,
         ):
             acked = [await _runaway(guard, f"acked-{n}") for n in range(args.acked)]
-            await asyncio.gather(*(asyncio.wait_for(s.wait_killed(), 60) for s in acked))
+            await asyncio.gather(*(_stopped(s, 60) for s in acked))
             await stack.drain(timeout_s=120)
             # Let a checkpoint pass so the acknowledgements are in the changelog too; the in-flight ones
             # below are not, by design.
             await asyncio.sleep(1.5)
             inflight = [await _runaway(guard, f"inflight-{n}") for n in range(args.inflight)]
+            # Each agent stops as soon as its kill reaches it, whichever worker sent it.
+            stopping = [asyncio.create_task(_stopped(s, 90)) for s in inflight]
             assert stack.worker is not None
             stack.worker.kill()
             killed_at = time.monotonic()
@@ -96,16 +106,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             ready_s = time.monotonic() - killed_at
             probe_sent = time.monotonic()
             probe = await _runaway(guard, f"probe-{uuid.uuid4().hex[:6]}")
-            await asyncio.wait_for(probe.wait_killed(), 120)
+            await _stopped(probe, 120)
             resumed_s = time.monotonic() - killed_at
             probe_s = time.monotonic() - probe_sent
-            stopped = 0
-            for s in inflight:
-                try:
-                    await asyncio.wait_for(s.wait_killed(), 60)
-                    stopped += 1
-                except TimeoutError:
-                    pass
+            outcomes = await asyncio.gather(*stopping, return_exceptions=True)
+            stopped = sum(1 for outcome in outcomes if outcome is None)
             # Long enough for any kill the restarted worker wrongly thinks unacknowledged to be escalated.
             await asyncio.sleep(ACK_TIMEOUT_S + 5)
             escalated: set[str] = set()
@@ -125,6 +130,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "restart_to_probe_killed_s": round(resumed_s, 2),
         "probe_kill_after_send_s": round(probe_s, 2),
         "escalated_although_acknowledged": len(escalated),
+        "escalated_by_kind": dict(Counter(sid.split("-")[0] for sid in escalated)),
     }
 
 
