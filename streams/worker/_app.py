@@ -28,7 +28,7 @@ from streams.worker import _metrics as m
 from streams.worker import _seam as seam
 from streams.worker._fencing import FenceKeeper
 from streams.worker._judge import SessionJudge
-from streams.worker._pipeline import Pipeline
+from streams.worker._pipeline import Departures, Pipeline, Retention
 from streams.worker._readiness import Readiness
 from streams.worker._stage_agent import StageAgent
 from streams.worker._stages import StageJudge
@@ -176,6 +176,13 @@ def build_app(
             fence, app_id=conf.app_id, redis_url=settings.redis.url, page=page, clock=wall_clock
         ),
         watch=KillWatch(int(conf.kill_ack_timeout_s * 1000)),
+        departures=Departures(
+            Retention(
+                ended_ms=int(conf.evict_ended_after_s * 1000),
+                killed_ms=int(conf.evict_killed_after_s * 1000),
+                idle_ms=int(conf.evict_idle_after_s * 1000),
+            )
+        ),
         conf=conf,
         topics=topics,
     )

@@ -24,7 +24,7 @@ from streams._config import TopicSettings, WorkerSettings
 from streams.worker import _metrics as m
 from streams.worker._dlq import BoundedLog, dead_letter, raw_copy
 from streams.worker._fencing import FenceKeeper
-from streams.worker._pipeline import BatchResult, Pipeline, RawRecord
+from streams.worker._pipeline import BatchResult, Departures, Pipeline, RawRecord
 from streams.worker._seam import Intake, Output, Send, Sent, commit
 from streams.worker._store import LiveStore
 from streams.worker._watch import KillWatch
@@ -47,6 +47,7 @@ class SessionJudge:
         output: Output,
         fencing: FenceKeeper,
         watch: KillWatch,
+        departures: Departures,
         conf: WorkerSettings,
         topics: TopicSettings,
     ) -> None:
@@ -57,11 +58,13 @@ class SessionJudge:
         self._output = output
         self.fencing = fencing
         self.watch = watch
+        self.departures = departures
         self._conf = conf
         self._topics = topics
         self._dead_letter_log = BoundedLog()
         # Changed since the last checkpoint: session_id -> (state, partition).
         self._pending: dict[str, tuple[SessionState, int]] = {}
+        self._writing: dict[str, tuple[SessionState, int]] = {}
         # Next offset per (topic, partition) judged since the last checkpoint.
         self._offsets: dict[tuple[str, int], int] = {}
         self._unconfirmed: list[Sent] = []
@@ -124,10 +127,12 @@ class SessionJudge:
     def adopt(self, result: BatchResult) -> None:
         """Take a result's changed states into the pending checkpoint and count what it did."""
         pending = self._pending
+        offer = self.departures.offer
         for session_id, entry in result.dirty.items():
             if session_id not in pending:
                 self.store.keep(session_id, entry[0])
             pending[session_id] = entry
+            offer(entry[0])
         self._observe(result)
 
     async def act(self, result: BatchResult) -> None:
@@ -191,15 +196,20 @@ class SessionJudge:
             dirty, self._pending = self._pending, {}
             offsets, self._offsets = self._offsets, {}
             unconfirmed, self._unconfirmed = self._unconfirmed, []
-            items = list(dirty.items())
-            for i in range(0, len(items), _SLICE):
-                unconfirmed.append(
-                    await self._output.send(self.store.checkpoint(dict(items[i : i + _SLICE])))
-                )
-                await asyncio.sleep(0)
+            # A session evicted while the slices go out leaves `dirty` too (see `forget`): its state written
+            # after its tombstone would bring it back on recovery.
+            self._writing = dirty
+            keys = list(dirty)
+            try:
+                for i in range(0, len(keys), _SLICE):
+                    part = {key: dirty[key] for key in keys[i : i + _SLICE] if key in dirty}
+                    unconfirmed.append(await self._output.send(self.store.checkpoint(part)))
+                    await asyncio.sleep(0)
+            finally:
+                self._writing = {}
             await self._output.confirm(unconfirmed, what="checkpoint")
             await commit(self._app, offsets)
-            m.CHECKPOINT_STATES.inc(len(items))
+            m.CHECKPOINT_STATES.inc(len(keys))
             m.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
 
     async def checkpoint_if_due(self) -> None:
@@ -207,9 +217,11 @@ class SessionJudge:
             await self.checkpoint()
 
     def forget(self, gone: dict[str, int]) -> None:
-        """Evicted sessions leave the pending checkpoint too (their tombstone is the last word)."""
+        """Evicted sessions leave the pending checkpoint and the one being written (their tombstone is the
+        last word)."""
         for session_id in gone:
             self._pending.pop(session_id, None)
+            self._writing.pop(session_id, None)
 
     async def revoke(self, partitions: set[int]) -> None:
         """Partitions leave this worker: judge nothing more of theirs and checkpoint what was judged, so

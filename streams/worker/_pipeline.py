@@ -13,6 +13,7 @@ state and turns verdicts into commands and alerts according to each verdict's mo
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -131,20 +132,67 @@ class Retention:
     killed_ms: int = 3_600_000
     idle_ms: int = 86_400_000
 
-    def evictable(self, state: SessionState, now_ms: int) -> bool:
-        """True when the session can leave the table: ended, killed (and its kill settled) or idle past its
-        grace. A kill still waiting for its acknowledgement keeps the state: the watch needs it."""
+    def leaves_at(self, state: SessionState) -> int | None:
+        """When the session can leave the table: its grace (ended, killed and settled, or idle) after the
+        last thing heard of it. None while a kill waits for its acknowledgement: the watch needs the state."""
         if state.awaiting_ack:
-            return False
+            return None
         heard = state.heard_ms or state.last_event_ms
         last = max(heard, state.kill_issued_ms, state.acked_ms, state.escalated_ms)
         if state.killed_by is not None:
-            grace = self.killed_ms
-        elif state.ended:
-            grace = self.ended_ms
-        else:
-            grace = self.idle_ms
-        return now_ms - last >= grace
+            return last + self.killed_ms
+        if state.ended:
+            return last + self.ended_ms
+        return last + self.idle_ms
+
+    def evictable(self, state: SessionState, now_ms: int) -> bool:
+        at = self.leaves_at(state)
+        return at is not None and now_ms >= at
+
+
+def settled(state: SessionState) -> bool:
+    """Nothing more can happen to the session: it ended, or its kill was acknowledged or escalated."""
+    return (state.ended or state.killed_by is not None) and not state.awaiting_ack
+
+
+class Departures:
+    """Settled sessions in the order their grace runs out, so that eviction keeps pace with the sessions
+    that end, however many the table holds: a sweep of the whole table at a bounded slice per tick falls
+    behind once sessions end faster than the slice (a 1M-session soak held 840,000 ended states).
+
+    A session is offered whenever a batch changes it; one that changed again after it was offered is
+    offered anew with its later time, and the earlier entry is skipped when it comes up."""
+
+    def __init__(self, retention: Retention) -> None:
+        self.retention = retention
+        self._heap: list[tuple[int, str]] = []
+        self._at: dict[str, int] = {}
+
+    def offer(self, state: SessionState) -> None:
+        if not settled(state):
+            return
+        at = self.retention.leaves_at(state)
+        if at is None or self._at.get(state.session_id) == at:
+            return
+        self._at[state.session_id] = at
+        heapq.heappush(self._heap, (at, state.session_id))
+
+    def due(self, now_ms: int, limit: int) -> list[str]:
+        """Up to `limit` sessions whose grace has run out by now (each once)."""
+        heap, at = self._heap, self._at
+        out: list[str] = []
+        while heap and heap[0][0] <= now_ms and len(out) < limit:
+            when, session_id = heapq.heappop(heap)
+            if at.get(session_id) == when:
+                del at[session_id]
+                out.append(session_id)
+        return out
+
+    def discard(self, session_id: str) -> None:
+        self._at.pop(session_id, None)
+
+    def __len__(self) -> int:
+        return len(self._at)
 
 
 def warning_alert_id(session_id: str, detector: str) -> str:

@@ -1,8 +1,10 @@
 """The worker's timers: escalate unacknowledged kills, run the timed detectors, evict what is done, follow
 the config file and republish the gate's limits.
 
-Each runs on a Faust timer and looks at a bounded slice per tick (sessions / 5,000 ticks for a full pass), so
-a tick's work stays small however many sessions the worker holds: the event loop is the kill path's too.
+Each runs on a Faust timer and does a bounded amount per tick, so a tick's work stays small however many
+sessions the worker holds: the event loop is the kill path's too. Settled sessions (ended, or killed with the
+kill acknowledged or escalated) leave in the order their grace runs out; the idle sweep looks at 5,000 states
+per tick (sessions / 5,000 ticks for a full pass).
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from streams.worker import _metrics as m
 from streams.worker._dlq import BoundedLog
 from streams.worker._judge import SessionJudge
 from streams.worker._limits import gate_layers
-from streams.worker._pipeline import Retention
+from streams.worker._pipeline import settled
 from streams.worker._seam import Output, Send
 from streams.worker._stages import StageJudge
 from streams.worker._watch import escalation_alert
 
 log = logging.getLogger("tripwire.worker")
 
-EXPIRE_PER_TICK = 5_000
+# States the idle sweep looks at per tick, and settled sessions evicted per tick at most (their tombstones
+# go out in one bulk send).
+SWEEP_PER_TICK = 5_000
+DEPART_PER_TICK = 50_000
 
 _timer_log = BoundedLog(interval_s=30.0)
 
@@ -71,12 +76,6 @@ class Upkeep:
         self._fence = fence
         self._config_path = config_path
         self._config_stamp = _stamp(config_path)
-        conf = settings.worker
-        self._retention = Retention(
-            ended_ms=int(conf.evict_ended_after_s * 1000),
-            killed_ms=int(conf.evict_killed_after_s * 1000),
-            idle_ms=int(conf.evict_idle_after_s * 1000),
-        )
         self._sweep: Iterator[SessionState] | None = None
 
     def install(self) -> None:
@@ -134,6 +133,7 @@ class Upkeep:
             await self._output.deliver(pages, what="escalations")
             for state, _ in escalated.values():
                 state.escalated_ms = now
+                judge.departures.offer(state)
             await self._output.deliver(judge.store.checkpoint(escalated), what="escalations")
         m.UNACKED.set(len(watch))
         for tp in self._app.consumer.assignment():
@@ -152,27 +152,46 @@ class Upkeep:
         }
 
     async def expire_quiet_sessions(self) -> None:
+        """Evict the settled sessions whose grace ran out, then sweep a slice of the table for idle ones and
+        for the timed detectors (stalls, deadlines)."""
         judge, topics = self._judge, self.settings.topics
-        # Only partitions the worker has caught up on: behind a backlog (a restart, a burst) a session's
-        # newer events, its end included, may be waiting to be read, and it is neither quiet nor overdue.
-        owned = self._caught_up()
+        departures = judge.departures
+        retention = departures.retention
         mine = {tp.partition for tp in self._app.consumer.assignment() if tp.topic == topics.events}
+        now = wall_clock()
+        gone: dict[str, int] = {}
+        lookup = judge.store.lookup
+        for session_id in departures.due(now, DEPART_PER_TICK):
+            state = lookup(session_id)
+            if state is None or state.partition not in mine:
+                continue
+            if retention.evictable(state, now):
+                gone[session_id] = state.partition
+            else:
+                departures.offer(state)
+        # Idle eviction and the timed detectors only on partitions the worker has caught up on: behind a
+        # backlog (a restart, a burst) a session's newer events, its end included, may be waiting to be read,
+        # and it is neither quiet nor overdue. A settled session has nothing more to wait for.
+        owned = self._caught_up()
         if self._sweep is None:
             self._sweep = judge.store.states()
         states = []
-        gone: dict[str, int] = {}
-        now = wall_clock()
         for looked, state in enumerate(self._sweep, 1):
             # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
             # missed (its partition still recovering, or held by a member that had died) is watched now.
-            if state.awaiting_ack and state.partition in mine:
-                judge.watch.track(state)
-            if state.partition in owned:
-                if self._retention.evictable(state, now):
-                    gone[state.session_id] = state.partition
-                elif state.killed_by is None and not state.ended:
+            # And it schedules the departure of settled sessions restored from the changelog.
+            partition, session_id = state.partition, state.session_id
+            if partition in mine and session_id not in gone:
+                if state.awaiting_ack:
+                    judge.watch.track(state)
+                if partition in owned and retention.evictable(state, now):
+                    gone[session_id] = partition
+                    departures.discard(session_id)
+                elif settled(state):
+                    departures.offer(state)
+                elif partition in owned and state.killed_by is None and not state.ended:
                     states.append(state)
-            if looked == EXPIRE_PER_TICK:
+            if looked == SWEEP_PER_TICK:
                 break
         else:
             self._sweep = None

@@ -190,3 +190,29 @@ def test_a_session_leaves_the_table_only_once_nothing_more_can_happen_to_it() ->
     killed.acked_ms = 12_000
     assert not keep.evictable(killed, 16_999)
     assert keep.evictable(killed, 17_000)
+
+
+def test_settled_sessions_depart_in_the_order_their_grace_runs_out_and_each_once() -> None:
+    from streams.worker._pipeline import Departures, Retention
+
+    departures = Departures(Retention(ended_ms=1_000, killed_ms=5_000, idle_ms=60_000))
+    running = SessionState("running", heard_ms=10_000)
+    ended = SessionState("ended", heard_ms=10_000, ended=True)
+    waiting = SessionState("waiting", heard_ms=10_000, killed_by="max_steps", kill_issued_ms=10_000)
+    acked = SessionState("acked", heard_ms=9_000, killed_by="max_steps", kill_issued_ms=9_000, acked_ms=9_500)
+    for state in (running, ended, waiting, acked, ended):
+        departures.offer(state)
+    assert len(departures) == 2  # neither the running session nor the kill still waiting for its ack
+    assert departures.due(10_999, 10) == []
+    assert departures.due(11_000, 10) == ["ended"]
+    assert departures.due(14_499, 10) == []
+    # Heard of again after it was offered: it leaves at its later time, not the earlier one.
+    acked.heard_ms = 20_000
+    departures.offer(acked)
+    assert departures.due(14_500, 10) == []
+    waiting.escalated_ms = 12_000
+    departures.offer(waiting)
+    assert departures.due(30_000, 1) == ["waiting"]  # at most `limit` per call, earliest first
+    assert departures.due(30_000, 10) == ["acked"]
+    assert departures.due(10**9, 10) == []
+    assert len(departures) == 0
