@@ -25,6 +25,7 @@ from detectors import SessionState, wall_clock
 from streams._config import Settings
 from streams._kafka import changelog_topic
 from streams.worker import _metrics as m
+from streams.worker import _restore as restore
 from streams.worker import _seam as seam
 from streams.worker._fencing import FenceKeeper
 from streams.worker._judge import SessionJudge
@@ -61,11 +62,12 @@ def _datadir(app_id: str, process: int | None) -> Path:
 def _faust_app(settings: Settings, app_id: str, *, process: int | None) -> faust.App:
     conf, topics = settings.worker, settings.topics
     seam.register()
+    restore.register()
     app = faust.App(
         app_id,
         broker=_broker_urls(settings.kafka.bootstrap),
         broker_client_id=settings.kafka.client_id,
-        store="memory://",
+        store=f"{restore.SCHEME}://",
         datadir=str(_datadir(app_id, process)),
         web_enabled=False,
         topic_partitions=topics.partitions,
@@ -82,6 +84,9 @@ def _faust_app(settings: Settings, app_id: str, *, process: int | None) -> faust
         broker_request_timeout=max(90.0, conf.session_timeout_s * 2),
     )
     app.conf.tripwire_fetch_max_wait_ms = conf.fetch_max_wait_ms
+    # For the tables' bulk restore, which reads their changelogs with a plain consumer of its own.
+    app.conf.tripwire_bootstrap = settings.kafka.bootstrap
+    app.conf.tripwire_kafka_options = {"client_id": f"{settings.kafka.client_id}-restore"}
     instance = conf.instance_id
     if instance is not None and process is not None:
         instance = f"{instance}.{process}"
@@ -226,13 +231,28 @@ def _follow_rebalances(app: faust.App, judge: SessionJudge, fence: Fence, settin
         owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == topics.events}
         judge.owned = owned
         judge.watch.clear()
-        for state in judge.store.states():
-            if state.partition in owned:
-                judge.watch.track(state)
-        m.UNACKED.set(len(judge.watch))
+        rebuilds[0] += 1
+        app.add_future(rebuild_watch(rebuilds[0], owned))
         # Ready once the streams are seeked and resumed (Faust does that right after this signal), not
         # before: a ready mark is a promise that this worker is judging.
         app.add_future(mark_ready())
+
+    rebuilds = [0]
+
+    async def rebuild_watch(generation: int, owned: set[int]) -> None:
+        # The kill watch from the owned partitions' states, in slices while the judge already runs: decoding
+        # 100,000 restored states holds the loop for about a second, and the restart's first kills must not
+        # wait for it. A kill judged meanwhile is tracked by the judge; tracking it twice is harmless.
+        watch = judge.watch
+        for looked, state in enumerate(judge.store.states(), 1):
+            if rebuilds[0] != generation:
+                return  # another rebalance began; its own rebuild takes over
+            if state.partition in owned:
+                watch.track(state)
+            if looked % 2_000 == 0:
+                await asyncio.sleep(0)
+        m.UNACKED.set(len(watch))
+        log.info("kill watch rebuilt: %d kills awaiting acknowledgement", len(watch))
 
     async def mark_ready() -> None:
         # Faust sets `completed` after the recovery ended and the streams were seeked.
@@ -245,10 +265,6 @@ def _follow_rebalances(app: faust.App, judge: SessionJudge, fence: Fence, settin
             await asyncio.wait_for(fence.mark_worker_ready(conf.app_id, wall_clock()), timeout=5.0)
         except (FenceError, OSError, TimeoutError) as exc:
             log.error("could not record readiness in Redis (%r); judging all the same", exc)
-        log.info(
-            "tripwire worker %s is judging events (rebalance complete, %d kills awaiting acknowledgement)",
-            conf.app_id,
-            len(judge.watch),
-        )
+        log.info("tripwire worker %s is judging events (rebalance complete)", conf.app_id)
 
     readiness.start()

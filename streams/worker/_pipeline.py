@@ -415,12 +415,15 @@ class Pipeline:
         result.verdicts.append(verdict)
 
     def _settle(self, state: SessionState, ack: ControlAck, result: BatchResult) -> None:
-        """Note the first acknowledgement of this worker's kill; acks of other commands (a manual kill,
-        a repeat from a second agent of the session) change nothing."""
+        """Note the first acknowledgement that the session's agent stopped; repeats change nothing.
+
+        Any kill of the session counts, not only the command this state records: an agent that stopped is
+        stopped whichever command it obeyed. After a restart the worker judges its backlog again and may
+        decide the kill by another detector than the first time (a keyed-stage verdict read before the
+        session's own events), while the agent acknowledged the command it was sent; a manual kill stops
+        it as well."""
         # `stopping`: the agent refuses further steps but its run has not ended; the ack timeout still runs.
         if state.killed_by is None or state.acked_ms or ack.outcome == "stopping":
-            return
-        if ack.command_id != kill_command_id(state.session_id, state.killed_by):
             return
         state.acked_ms = max(ack.event_time_ms, 1)
         result.acks.append((ack, state))

@@ -3,7 +3,8 @@
 The worker mutates decoded state objects in place and writes them back to the table's changelog only at a
 checkpoint, once per key however many events changed it. After recovery Faust's table holds the changelog's
 bytes; a key is decoded the first time it is looked up. Writes are returned as records for `Output`, so
-they travel in the same bulk sends as the rest of the worker's output.
+they travel in the same bulk sends as the rest of the worker's output. The table's store is
+`_restore.RestoringStore`, which is told each key's partition.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class LiveStore(Generic[S]):
         for key, (state, partition) in dirty.items():
             raw = key.encode()
             data[raw] = state
+            data.note_partition(raw, partition)
             out.append((topic, partition, raw, encode(state), None))
         return out
 
@@ -79,6 +81,6 @@ class LiveStore(Generic[S]):
         out: list[Send] = []
         for key, partition in gone.items():
             raw = key.encode()
-            data.pop(raw, None)
+            data.discard(raw)
             out.append((self.changelog_topic, partition, raw, None, None))
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from agents_contract import CommandSigner, ControlAck, encode_event
+from agents_contract import CommandSigner, ControlAck, encode_event, kill_command_id
 from detectors import (
     Armed,
     CeilingLimits,
@@ -99,12 +99,26 @@ def test_the_agents_acknowledgement_settles_the_kill_once() -> None:
     state = first.dirty["s-1"][0]
     assert (state.kill_issued_ms, state.acked_ms, state.awaiting_ack) == (9_000, 0, True)
     states.update({sid: st for sid, (st, _) in first.dirty.items()})
-    # An ack of some other command (a manual kill) does not settle this worker's kill.
-    assert p.judge([ack(3, "kill-someone-else")], states.get).acks == []
+    # `stopping` only: the agent refuses further steps, but its run has not ended yet.
+    stopping = ControlAck(**_envelope(3), command_id=kill.command_id, outcome="stopping")
+    assert p.judge([record(encode_event(stopping), offset=3)], states.get).acks == []
+    assert state.awaiting_ack
     settled = p.judge([ack(4, kill.command_id), ack(5, kill.command_id)], states.get)
     assert [(a.command_id, s.session_id) for a, s in settled.acks] == [(kill.command_id, "s-1")]
     assert (state.acked_ms, state.awaiting_ack) == (9_500, False)
     assert settled.kinds == {"control.ack": 2}
+
+
+def test_the_agent_stopping_on_another_kill_of_its_session_settles_this_one() -> None:
+    # After a restart the worker may decide the kill by another detector than the command the agent was
+    # sent (a keyed-stage verdict read before the session's backlog), or an operator killed it by hand.
+    states: dict[str, SessionState] = {}
+    p = pipeline(max_steps=1)
+    first = p.judge(events(1, 2), states.get)
+    states.update({sid: st for sid, (st, _) in first.dirty.items()})
+    settled = p.judge([ack(3, kill_command_id("s-1", "agent_budget"))], states.get)
+    assert len(settled.acks) == 1
+    assert not states["s-1"].awaiting_ack
 
 
 def test_a_late_acknowledgement_resolves_the_escalation_page() -> None:
