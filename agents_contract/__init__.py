@@ -38,6 +38,7 @@ from agents_contract._events import (
 from agents_contract._fence import Fence, FenceError
 from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._gate import BudgetGate, publish_limits
+from agents_contract._health import Health
 from agents_contract._schema import contract_json_schema
 from agents_contract._sdk import (
     MAX_FINGERPRINT_CHARS,
@@ -48,6 +49,7 @@ from agents_contract._sdk import (
     SessionKilled,
     ToolCall,
     TripwireStop,
+    TripwireUnavailable,
     Turn,
     digest,
 )
@@ -72,6 +74,7 @@ __all__ = [
     "Fence",
     "FenceError",
     "GuardedSession",
+    "Health",
     "Heartbeat",
     "KillCommand",
     "MemoryRead",
@@ -90,6 +93,7 @@ __all__ = [
     "ToolCircuits",
     "ToolReturned",
     "TripwireStop",
+    "TripwireUnavailable",
     "Turn",
     "TurnCompleted",
     "TurnStarted",

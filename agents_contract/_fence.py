@@ -71,6 +71,16 @@ class Fence:
             return None
         return parse_command(raw if isinstance(raw, bytes) else raw.encode())
 
+    async def lookup_many(self, session_ids: list[str]) -> list[KillCommand | None]:
+        """The kills of these sessions, in their order (None where there is none), in one round trip."""
+        if not session_ids:
+            return []
+        raws: list[bytes | str | None] = await self._redis.mget([_PREFIX + sid for sid in session_ids])
+        return [
+            None if raw is None else parse_command(raw if isinstance(raw, bytes) else raw.encode())
+            for raw in raws
+        ]
+
     async def release(self, session_id: str) -> bool:
         """Clear a session's kill; True when there was one."""
         return bool(await self._redis.delete(_PREFIX + session_id))

@@ -8,41 +8,71 @@ would add a rebalance on every agent start and make agents steal each other's pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from typing import Final
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+REQUEST_TIMEOUT_MS: Final = 10_000
+
 
 class EventPublisher:
-    """An idempotent, low-latency producer for agent events (`idempotent=False` for brokers without it)."""
+    """An idempotent, low-latency producer for agent events (`idempotent=False` for brokers without it).
+
+    `start()` may be called again after it failed (the broker was unreachable): each attempt builds a fresh
+    client, since aiokafka's cannot be started twice."""
 
     def __init__(
         self, bootstrap: str, topic: str, *, idempotent: bool = True, client_id: str = "tripwire-agent"
     ):
         self.topic = topic
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            enable_idempotence=idempotent,
-            acks="all",
-            linger_ms=0,
-            request_timeout_ms=15_000,
-        )
+        self._bootstrap, self._idempotent, self._client_id = bootstrap, idempotent, client_id
+        self._producer: AIOKafkaProducer | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._producer is not None
 
     async def start(self) -> None:
-        await self._producer.start()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            enable_idempotence=self._idempotent,
+            acks="all",
+            linger_ms=0,
+            # A record not on the broker by then fails and the SDK queues it again: short enough that an
+            # outage is noticed, long enough for a broker's leader election.
+            request_timeout_ms=REQUEST_TIMEOUT_MS,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        self._producer = producer
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
 
     async def publish(self, key: bytes, value: bytes) -> asyncio.Future[object]:
         """Queue one record; the returned future resolves when the broker has it."""
+        assert self._producer is not None, "EventPublisher.start() first"
         future: asyncio.Future[object] = await self._producer.send(self.topic, value, key=key)
         return future
 
+    async def probe(self) -> None:
+        """Ask the broker for metadata: returns when it answers, raises when it does not."""
+        assert self._producer is not None, "EventPublisher.start() first"
+        await self._producer.client.fetch_all_metadata()
+
     async def flush(self) -> None:
-        await self._producer.flush()
+        if self._producer is not None:
+            await self._producer.flush()
 
 
 class ControlSubscription:
@@ -50,9 +80,14 @@ class ControlSubscription:
 
     def __init__(self, bootstrap: str, topic: str, *, client_id: str = "tripwire-agent-control") -> None:
         self.topic = topic
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
+        self._bootstrap, self._client_id = bootstrap, client_id
+        self._consumer = self._new_consumer()
+        self.started = False
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
@@ -61,6 +96,17 @@ class ControlSubscription:
         )
 
     async def start(self, *, timeout_s: float = 30.0) -> None:
+        """Connect and take every partition's end as the position. May be called again after a failure."""
+        try:
+            await self._start(timeout_s)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+            self._consumer = self._new_consumer()
+            raise
+        self.started = True
+
+    async def _start(self, timeout_s: float) -> None:
         await self._consumer.start()
         partitions: set[int] | None = None
         async with asyncio.timeout(timeout_s):
@@ -80,6 +126,7 @@ class ControlSubscription:
             await self._consumer.position(tp)
 
     async def stop(self) -> None:
+        self.started = False
         await self._consumer.stop()
 
     async def records(self) -> AsyncIterator[bytes]:

@@ -39,7 +39,9 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
 import orjson
+from aiokafka.errors import KafkaError
 from pydantic import SecretStr, TypeAdapter, ValidationError
+from redis.exceptions import RedisError
 
 from agents_contract._circuits import ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import CommandSigner, KillCommand, parse_command
@@ -47,6 +49,7 @@ from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
 from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._gate import BudgetGate, Refusal, Reservation
+from agents_contract._health import REFUSED, Health, OnOutage
 from agents_contract._kafka import ControlSubscription, EventPublisher
 from agents_contract._text import clip
 
@@ -61,6 +64,12 @@ _INLINE_TEXT: Final = 16_384
 MAX_FINGERPRINT_CHARS: Final = 262_144
 """Only the first this many characters of a result are fingerprinted (about 0.2 s in a thread)."""
 _ACK_WAIT_S: Final = 5.0
+# A send waits this long for the broker's metadata before the broker is taken as unreachable.
+_SEND_WAIT_S: Final = 2.0
+_PROBE_MAX_S: Final = 5.0
+_CLOSE_WAIT_S: Final = 5.0
+_FENCE_POLL_S: Final = 1.0
+_HOUSEKEEPING: Final = frozenset({"AgentGuard._reconnect", "AgentGuard._watch_fence"})
 
 __all__ = [
     "MAX_FINGERPRINT_CHARS",
@@ -73,6 +82,7 @@ __all__ = [
     "ToolCircuitOpen",
     "ToolCircuits",
     "TripwireStop",
+    "TripwireUnavailable",
     "Turn",
     "digest",
 ]
@@ -103,6 +113,10 @@ class BudgetExhausted(TripwireStop):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.session_id, self.limit, self.spent, self.cap))
+
+
+class TripwireUnavailable(TripwireStop):
+    """Tripwire could not be reached and the guard was configured to fail closed (`on_outage`)."""
 
 
 class _Interrupt(BaseException):
@@ -193,24 +207,47 @@ async def _yield_to_the_loop() -> None:
         await asyncio.sleep(0)
 
 
+_Item = tuple[bytes, "bytes | asyncio.Future[bytes]", "asyncio.Future[None] | None"]
+
+
 class _Outbox:
-    """The guard's ordered queue of encoded events and the task that produces them.
+    """The guard's ordered, bounded queue of encoded events and the task that produces them.
 
     Producing is the slow half of publishing (aiokafka's send machinery, tens of microseconds); queueing is
     an append. An item may be a future of its bytes (a result being fingerprinted in a thread): the sender
     waits for it in place, so events leave in the order they were queued. Any thread may queue.
+
+    Nothing is lost to a broker outage short of the buffer's size: a send that does not get through (no
+    metadata within `_SEND_WAIT_S`, or a delivery that failed) puts the event back at the head, in its
+    order, and the sender waits for the broker to answer a metadata probe before it sends again. When the
+    buffer is full the oldest event is dropped and counted (`Health.dropped`), never the agent's call.
     """
 
-    def __init__(self, publisher: EventPublisher, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, publisher: EventPublisher, loop: asyncio.AbstractEventLoop, health: Health, *, capacity: int
+    ) -> None:
         self._publisher = publisher
         self._loop = loop
         self._loop_thread = threading.get_ident()
-        self._items: deque[tuple[bytes, bytes | asyncio.Future[bytes], asyncio.Future[None] | None]] = deque()
+        self._health = health
+        self._capacity = capacity
+        self._items: deque[_Item] = deque()
+        # Sent, not yet confirmed by the broker: send number -> item. Failed ones go back in send order.
+        self._inflight: dict[int, _Item] = {}
+        self._failed: list[tuple[int, _Item]] = []
+        self._sends = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._connected = asyncio.Event()
         self._task = loop.create_task(self._send(), name="tripwire-outbox")
-        self.failed = 0
+
+    def __len__(self) -> int:
+        return len(self._items) + len(self._inflight) + len(self._failed)
+
+    def connected(self) -> None:
+        """The publisher started: sending may begin."""
+        self._connected.set()
 
     def put(
         self, key: bytes, value: bytes | asyncio.Future[bytes], done: asyncio.Future[None] | None = None
@@ -220,55 +257,113 @@ class _Outbox:
         else:
             self._loop.call_soon_threadsafe(self._append, (key, value, done))
 
-    def _append(self, item: tuple[bytes, bytes | asyncio.Future[bytes], asyncio.Future[None] | None]) -> None:
+    def _append(self, item: _Item) -> None:
+        if len(self) >= self._capacity and self._items:
+            _, _, dropped = self._items.popleft()
+            if dropped is not None and not dropped.done():
+                dropped.set_exception(ConnectionError("dropped from the SDK's full event buffer"))
+            self._health.drop()
+            if self._health.dropped in (1, 10, 100) or self._health.dropped % 1_000 == 0:
+                log.error(
+                    "the SDK's event buffer is full (%d events); %d dropped so far, oldest first",
+                    self._capacity,
+                    self._health.dropped,
+                )
         self._items.append(item)
+        self._health.queued(len(self))
         self._idle.clear()
         self._wake.set()
 
     async def _send(self) -> None:
+        publisher, health = self._publisher, self._health
+        await self._connected.wait()
         while True:
+            if self._failed:
+                self._failed.sort(key=lambda entry: entry[0])
+                self._items.extendleft(item for _, item in reversed(self._failed))
+                self._failed.clear()
             if not self._items:
-                self._idle.set()
+                if not self._inflight:
+                    self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            key, value, done = self._items.popleft()
+            if not health.broker_reachable:
+                await self._wait_for_broker()
+                continue
+            key, value, done = self._items[0]
             try:
                 body = value if isinstance(value, bytes) else await value
-                delivered = await self._publisher.publish(key, body)
+                async with asyncio.timeout(_SEND_WAIT_S):
+                    delivered = await publisher.publish(key, body)
             except asyncio.CancelledError:
                 raise
+            except (KafkaError, OSError, TimeoutError) as exc:
+                health.broker_lost(exc or "no metadata")
+                continue
             except Exception as exc:
-                self.failed += 1
-                log.warning("an event could not be published (%d so far): %s", self.failed, exc)
+                # Not the broker's fault (a result that could not be fingerprinted): this event is lost.
+                self._items.popleft()
+                log.warning("an event could not be encoded and is not sent: %r", exc)
                 if done is not None and not done.done():
                     done.set_exception(exc)
                 continue
-            if done is not None:
-                delivered.add_done_callback(functools.partial(_settle_future, done))
+            self._items.popleft()
+            number = next(self._sends)
+            self._inflight[number] = (key, body, done)
+            delivered.add_done_callback(functools.partial(self._delivered, number))
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait until every queued event was handed to the producer and the producer flushed."""
-        with contextlib.suppress(TimeoutError):
+    def _delivered(self, number: int, delivered: asyncio.Future[object]) -> None:
+        item = self._inflight.pop(number, None)
+        if item is None:
+            return
+        error = None if delivered.cancelled() else delivered.exception()
+        if delivered.cancelled() or error is not None:
+            self._failed.append((number, item))
+            self._health.broker_lost(error or "send cancelled")
+            self._wake.set()
+            return
+        self._health.broker_back()
+        self._health.queued(len(self))
+        done = item[2]
+        if done is not None and not done.done():
+            done.set_result(None)
+        if not self._items and not self._inflight and not self._failed:
+            self._idle.set()
+
+    async def _wait_for_broker(self) -> None:
+        """Probe the broker with backoff until it answers; the buffered events then go out in order."""
+        delay = 0.2
+        while True:
+            try:
+                async with asyncio.timeout(_SEND_WAIT_S):
+                    await self._publisher.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _PROBE_MAX_S)
+                continue
+            self._health.broker_back()
+            return
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until every queued event is on the broker (at most `timeout_s`); True when it is."""
+        try:
             async with asyncio.timeout(timeout_s):
                 await self._idle.wait()
                 await self._publisher.flush()
+        except (TimeoutError, KafkaError, OSError):
+            return False
+        return True
 
     async def close(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-
-
-def _settle_future(done: asyncio.Future[None], delivered: asyncio.Future[object]) -> None:
-    if done.done():
-        return
-    if delivered.cancelled():
-        done.cancel()
-    elif (exc := delivered.exception()) is not None:
-        done.set_exception(exc)
-    else:
-        done.set_result(None)
+        for _, _, done in [*self._items, *self._inflight.values(), *(item for _, item in self._failed)]:
+            if done is not None and not done.done():
+                done.set_exception(ConnectionError("the guard closed before the event was sent"))
 
 
 class AgentGuard:
@@ -278,6 +373,13 @@ class AgentGuard:
     pre-call gate: every guarded model and tool call first reserves its step and `estimate_usd` (model calls:
     `model_reserve_usd` unless the call names its own) against the limits the worker published, one Redis
     round trip, and is refused with `BudgetExhausted` when a hard budget would be passed.
+
+    An outage of Tripwire does not stop the agent (`on_outage="keep_working"`, the default): `start()` and
+    `attach()` succeed with the broker or Redis unreachable, events wait in a bounded buffer
+    (`buffer_events`, oldest dropped and counted when full), kills are looked up in the fence every second
+    while the broker is away, and no Kafka or Redis error reaches agent code. `on_outage="fail_closed"`
+    makes `start()` raise `TripwireUnavailable` when Tripwire cannot be reached within `connect_timeout_s`,
+    and guarded calls raise it while the broker is unreachable. `guard.health` says which it is now.
     """
 
     def __init__(
@@ -292,7 +394,17 @@ class AgentGuard:
         clock: Callable[[], float] = time.time,
         budget_gate: bool = False,
         model_reserve_usd: float = 0.0,
+        on_outage: OnOutage = "keep_working",
+        buffer_events: int = 100_000,
+        connect_timeout_s: float = 10.0,
     ) -> None:
+        if on_outage not in ("keep_working", "fail_closed"):
+            raise ValueError(f"on_outage must be 'keep_working' or 'fail_closed', not {on_outage!r}")
+        if buffer_events < 1:
+            raise ValueError(f"buffer_events must be at least 1, not {buffer_events}")
+        self.health = Health(on_outage=on_outage)
+        self._buffer_events = buffer_events
+        self._connect_timeout_s = connect_timeout_s
         self._signer = CommandSigner(signing_key)
         self._bootstrap = bootstrap
         self._events_topic, self._control_topic = events_topic, control_topic
@@ -316,32 +428,126 @@ class AgentGuard:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._fence = Fence(self._redis_url)
-        await self._fence.ping()
         if self.budget_gate:
             self.gate = BudgetGate(self._fence.redis, clock=self._clock)
         self._publisher = EventPublisher(self._bootstrap, self._events_topic, idempotent=self._idempotent)
-        await self._publisher.start()
         self._control = ControlSubscription(self._bootstrap, self._control_topic)
-        await self._control.start()
-        self._outbox = _Outbox(self._publisher, self.loop)
+        self._outbox = _Outbox(self._publisher, self.loop, self.health, capacity=self._buffer_events)
+        redis, kafka = await asyncio.gather(
+            self._connect_redis(), self._connect_kafka(), return_exceptions=True
+        )
+        failure = (
+            kafka if isinstance(kafka, BaseException) else redis if isinstance(redis, BaseException) else None
+        )
+        if failure is not None and self.health.on_outage == "fail_closed":
+            await self.close()
+            raise TripwireUnavailable(f"Tripwire is unreachable at start: {failure!r}") from failure
+        if isinstance(redis, BaseException):
+            self.health.redis(False, redis)
+        if isinstance(kafka, BaseException):
+            self.health.broker_lost(kafka)
+            log.warning("the guard starts degraded; it connects to the broker in the background")
+            self._background(self._reconnect())
+        self._background(self._watch_fence())
+
+    async def _connect_redis(self) -> None:
+        assert self._fence is not None
+        async with asyncio.timeout(self._connect_timeout_s):
+            await self._fence.ping()
+        self.health.redis(True)
+
+    async def _connect_kafka(self) -> None:
+        assert self._publisher is not None
+        assert self._control is not None
+        assert self._outbox is not None
+        async with asyncio.timeout(self._connect_timeout_s):
+            if not self._publisher.started:
+                await self._publisher.start()
+            self.health.broker_back()
+            self._outbox.connected()
+            if not self._control.started:
+                await self._control.start(timeout_s=self._connect_timeout_s)
         self._listener = asyncio.create_task(self._listen(), name="tripwire-control")
 
+    async def _reconnect(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect_kafka()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("broker still unreachable: %r", exc)
+                delay = min(delay * 2, _PROBE_MAX_S)
+                continue
+            # Kills written while this guard could not read the control topic are in the fence.
+            await self._check_fence()
+            return
+
+    async def _watch_fence(self) -> None:
+        """While the broker is unreachable (or the control topic not yet read), look the attached sessions
+        up in the fence every second: the worker writes a kill there before it publishes it."""
+        was_down = False
+        while True:
+            await asyncio.sleep(_FENCE_POLL_S)
+            down = not self.health.broker_reachable or self._listener is None
+            if down or was_down:
+                # Once more after the broker is back: a kill published while the control reader was
+                # reconnecting is in the fence too.
+                await self._check_fence()
+            was_down = down
+
+    async def _check_fence(self) -> None:
+        if self._fence is None or not self._sessions:
+            return
+        ids = list(self._sessions)
+        try:
+            commands = await self._fence.lookup_many(ids)
+        except Exception as exc:
+            self.health.redis(False, exc)
+            return
+        self.health.redis(True)
+        for command in commands:
+            if command is not None:
+                self._deliver(command, source="fence")
+
+    def _refuse_if_unavailable(self) -> None:
+        if self.health.on_outage == "fail_closed" and not self.health.broker_reachable:
+            REFUSED.inc()
+            raise TripwireUnavailable("Tripwire's broker is unreachable and the guard fails closed")
+
     async def close(self) -> None:
+        """Stop, after at most about `_CLOSE_WAIT_S` for buffered events to reach the broker; never
+        raises for an unreachable broker or Redis."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        for task in list(self._tasks):
+            if not task.done() and task.get_name() in _HOUSEKEEPING:
+                task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5.0)
         if self._outbox is not None:
-            await self._outbox.drain(timeout_s=10.0)
+            if not await self._outbox.drain(timeout_s=_CLOSE_WAIT_S) and len(self._outbox):
+                log.error(
+                    "closing with %d events not on the broker (it is unreachable); they are lost",
+                    len(self._outbox),
+                )
             await self._outbox.close()
-        if self._publisher is not None:
-            await self._publisher.stop()
-        if self._control is not None:
-            await self._control.stop()
-        if self._fence is not None:
-            await self._fence.close()
+        for stop in (
+            self._publisher.stop if self._publisher is not None else None,
+            self._control.stop if self._control is not None else None,
+            self._fence.close if self._fence is not None else None,
+        ):
+            if stop is None:
+                continue
+            try:
+                async with asyncio.timeout(_CLOSE_WAIT_S):
+                    await stop()
+            except (TimeoutError, KafkaError, OSError, RedisError) as exc:
+                log.warning("a Tripwire client did not close cleanly: %r", exc)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -364,12 +570,12 @@ class AgentGuard:
             )
         return self._outbox
 
-    async def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait until every event queued so far is on the broker."""
-        await self.outbox.drain(timeout_s)
+    async def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until every event queued so far is on the broker (at most `timeout_s`); True when it is."""
+        return await self.outbox.drain(timeout_s)
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
+        task = asyncio.get_running_loop().create_task(work, name=getattr(work, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -378,7 +584,14 @@ class AgentGuard:
         self._sessions.setdefault(session.session_id, []).append(session)
         # The control subscription's positions were fixed in start(), before this lookup: a kill written to
         # the fence after it is published after it too, so the listener sees it. Nothing falls in between.
-        command = await self._fence.lookup(session.session_id)
+        try:
+            command = await self._fence.lookup(session.session_id)
+        except (RedisError, OSError) as exc:
+            self.health.redis(False, exc)
+            if self.health.on_outage == "fail_closed":
+                raise TripwireUnavailable(f"the fence could not be read: {exc!r}") from exc
+            return
+        self.health.redis(True)
         if command is not None:
             self._deliver(command, source="fence")
 
@@ -390,6 +603,17 @@ class AgentGuard:
             self._sessions.pop(session.session_id, None)
 
     async def _listen(self) -> None:
+        while True:
+            try:
+                await self._read_control()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The reader reconnects by itself; meanwhile the fence watch covers kills.
+                self.health.broker_lost(exc)
+                await asyncio.sleep(1.0)
+
+    async def _read_control(self) -> None:
         assert self._control is not None
         async for raw in self._control.records():
             try:
@@ -505,9 +729,11 @@ class GuardedSession:
         return None if self.kill is None else SessionKilled(self.kill)
 
     def check(self) -> None:
-        """Raise `SessionKilled` if the session was killed (no I/O; safe from any thread)."""
+        """Raise `SessionKilled` if the session was killed, or `TripwireUnavailable` if the guard fails
+        closed and Tripwire's broker is unreachable (no I/O; safe from any thread)."""
         if self.kill is not None:
             raise SessionKilled(self.kill)
+        self._guard._refuse_if_unavailable()
 
     def on_kill(self, callback: Callable[[KillCommand], object]) -> Callable[[], None]:
         """Call `callback(command)` when a kill arrives (on the guard's loop; at once if already killed):

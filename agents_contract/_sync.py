@@ -96,8 +96,8 @@ class SyncAgentGuard:
         inner = self.guard.session(session_id, agent_id=agent_id, tenant_id=tenant_id, user_id=user_id)
         return SyncSession(self, inner)
 
-    def flush(self, timeout_s: float = 10.0) -> None:
-        self.call(self.guard.flush(timeout_s))
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        return self.call(self.guard.flush(timeout_s))
 
 
 class SyncSession:

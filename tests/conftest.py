@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,6 +33,34 @@ class Broker:
     kind: str
     bootstrap: str
     idempotent: bool
+    server: EmbeddedKafka | ApacheKafka | None = field(default=None, compare=False, repr=False)
+
+    async def outage(self, down_s: float) -> None:
+        """Make the broker unreachable for about `down_s` seconds, then wait until it answers again.
+
+        Apache Kafka is stopped and started again on the same port and data (a restart). The embedded
+        Tansu keeps its data in memory, so a restart would lose every topic: it is frozen (SIGSTOP) and
+        thawed instead, which clients meet as a broker that accepts connections and never answers."""
+        import asyncio
+        import signal
+
+        from streams import wait_for_broker
+
+        server = self.server
+        if isinstance(server, ApacheKafka):
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(down_s)
+            await asyncio.to_thread(server.start)
+        elif isinstance(server, EmbeddedKafka):
+            pid = server.pid
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(down_s)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        else:
+            pytest.skip("this broker cannot be taken down by the suite")
+        await wait_for_broker(self.bootstrap, timeout_s=120)
 
 
 def pytest_report_header() -> str:
@@ -44,10 +73,10 @@ def broker() -> Iterator[Broker]:
         pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
     if BROKER == "embedded":
         with EmbeddedKafka() as kafka:
-            yield Broker("embedded", kafka.bootstrap, idempotent=kafka.idempotent_producer)
+            yield Broker("embedded", kafka.bootstrap, idempotent=kafka.idempotent_producer, server=kafka)
     elif BROKER == "kafka":
         with ApacheKafka() as kafka:
-            yield Broker("kafka", kafka.bootstrap, idempotent=True)
+            yield Broker("kafka", kafka.bootstrap, idempotent=True, server=kafka)
     else:
         pytest.fail(f"TRIPWIRE_TEST_BROKER={BROKER!r}: use embedded, kafka or none")
 
@@ -126,34 +155,50 @@ class ApacheKafka:
         self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-kafka-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
+        self._controller = 0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def __enter__(self) -> ApacheKafka:
-        import asyncio
-
         script = ROOT / "scripts" / "kafka" / "kraft.sh"
         subprocess.run([str(script), "fetch"], check=True)
-        self._log = log = (self.workdir / "kraft.out").open("ab")
-        controller = free_port()
-        while controller == self.port:  # two probes can return the same free port; Kafka needs both
-            controller = free_port()
-        env = {**os.environ, "CONTROLLER_PORT": str(controller)}
-        self._proc = subprocess.Popen(
-            [str(script), "start", str(self.port), str(self.workdir / "node")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        self._controller = free_port()
+        while self._controller == self.port:  # two probes can return the same free port; Kafka needs both
+            self._controller = free_port()
         try:
-            asyncio.run(self._wait_up(timeout_s=120))
+            self.start()
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def start(self) -> None:
+        """Start the node (again, after `stop`: same ports, same data)."""
+        import asyncio
+
+        script = ROOT / "scripts" / "kafka" / "kraft.sh"
+        if self._log is None:
+            self._log = (self.workdir / "kraft.out").open("ab")
+        env = {**os.environ, "CONTROLLER_PORT": str(self._controller)}
+        self._proc = subprocess.Popen(
+            [str(script), "start", str(self.port), str(self.workdir / "node")],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        asyncio.run(self._wait_up(timeout_s=120))
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
 
     async def _wait_up(self, timeout_s: float) -> None:
         from streams import wait_for_broker
@@ -178,13 +223,7 @@ class ApacheKafka:
         return "\n".join(lines)
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self.stop()
         if self._log is not None:
             self._log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -76,6 +76,12 @@ class _LocalServer:
         _wait_for_port(self.port, self._proc, self.name, self.log_path, timeout_s)
         return self
 
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError(f"the {self.name} server is not running")
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()

@@ -1,0 +1,112 @@
+"""Tripwire's outages do not take agents down: a broker outage under running agents, and a guard started
+while Tripwire cannot be reached at all."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from agents_contract import SessionKilled, TripwireUnavailable
+from streams.lab._stack import LocalStack, budget_only
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.integration
+
+AGENTS = 12
+MAX_STEPS = 25
+TOOL_S = 0.2
+OUTAGE_S = 20.0
+
+
+async def until(what: str, condition: Any, timeout_s: float = 30.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _tool(n: int) -> int:
+    await asyncio.sleep(TOOL_S)
+    return n
+
+
+async def _runaway(guard: Any, sid: str, calls: list[float]) -> BaseException | None:
+    """A loop of guarded tool calls that never ends by itself; what ended it (None: nothing did)."""
+    session = guard.session(sid, agent_id="a", tenant_id="t", user_id="u")
+    try:
+        async with session:
+            for n in range(10_000):
+                await session.call_tool("search", {"n": n}, _tool, n)
+                calls.append(time.monotonic())
+    except BaseException as exc:
+        return exc
+    return None
+
+
+async def test_agents_keep_working_through_a_broker_outage_and_are_killed_once_it_is_back(
+    broker: Broker, redis_url: str
+) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=MAX_STEPS),
+        private_topics=True,
+    ) as stack:
+        async with stack.guard() as guard:
+            calls: dict[str, list[float]] = {f"outage-{n}": [] for n in range(AGENTS)}
+            runs = {sid: asyncio.create_task(_runaway(guard, sid, got)) for sid, got in calls.items()}
+            # Under way, none near its step limit yet.
+            await until("every agent stepping", lambda: all(len(c) >= 2 for c in calls.values()))
+            outage = asyncio.create_task(broker.outage(OUTAGE_S))
+            await until("the guard to notice", lambda: not guard.health.broker_reachable)
+            down_at = time.monotonic()
+            await outage
+            up_at = time.monotonic()
+            ended = await asyncio.wait_for(asyncio.gather(*runs.values()), timeout=180)
+        outcomes = dict(zip(runs, ended, strict=True))
+    # Nothing but the kill ended any agent: no Kafka error reached the agent's own work.
+    assert {sid: type(e).__name__ for sid, e in outcomes.items() if not isinstance(e, SessionKilled)} == {}
+    # The guarded calls kept their pace while the broker was away: not blocked for seconds each.
+    expected = (up_at - down_at) / TOOL_S
+    during = {sid: sum(1 for t in c if down_at <= t <= up_at) for sid, c in calls.items()}
+    # (Each crossed its step limit during the outage; its kill came once the broker was back.)
+    assert all(n >= 0.5 * expected for n in during.values()), (expected, during)
+    assert guard.health.dropped == 0
+    assert guard.health.outages >= 1
+
+
+async def test_a_guard_starts_with_tripwire_unreachable_unless_it_fails_closed(broker: Broker) -> None:
+    nowhere = {
+        "bootstrap": "127.0.0.1:9",
+        "redis_url": "redis://127.0.0.1:9/0",
+        "signing_key": "k" * 32,
+        "events_topic": "outage.events",
+        "control_topic": "outage.control",
+        "connect_timeout_s": 2.0,
+    }
+    from agents_contract import AgentGuard
+
+    guard = AgentGuard(**nowhere)
+    await guard.start()
+    try:
+        assert not guard.health.broker_reachable
+        assert not guard.health.redis_reachable
+        session = guard.session("s-nowhere", agent_id="a", tenant_id="t", user_id="u")
+        async with session:
+            for n in range(5):
+                assert await session.call_tool("search", {"n": n}, _tool, n) == n
+        assert guard.health.buffered > 0
+        assert await guard.flush(timeout_s=0.5) is False  # not on any broker, and says so
+    finally:
+        started = time.monotonic()
+        await guard.close()
+        assert time.monotonic() - started < 15  # bounded, and it did not raise
+
+    closed = AgentGuard(**nowhere, on_outage="fail_closed")
+    with pytest.raises(TripwireUnavailable):
+        await closed.start()
