@@ -21,6 +21,8 @@ from agents_contract._commands import KillCommand, encode_command, parse_command
 
 _PREFIX: Final = "tripwire:fence:session:"
 _READY: Final = "tripwire:worker:ready:"
+# Set by a worker once the fence holds every kill of the control topic; gone when Redis lost its data.
+_INTACT: Final = "tripwire:fence:intact"
 
 
 FenceError = RedisError
@@ -80,6 +82,29 @@ class Fence:
             None if raw is None else parse_command(raw if isinstance(raw, bytes) else raw.encode())
             for raw in raws
         ]
+
+    async def intact(self) -> bool:
+        """False when Redis has lost the fence (a restart without persistence, a failover to an empty
+        replica) or it was never rebuilt: the mark a worker sets after `restore` is gone with the rest."""
+        return bool(await self._redis.exists(_INTACT))
+
+    async def mark_intact(self) -> None:
+        await self._redis.set(_INTACT, "1")
+
+    async def restore(self, commands: list[tuple[KillCommand, int]]) -> int:
+        """Put back kills read from the control topic, each with the seconds it has left (a kill already in
+        the fence is kept). Returns how many were missing."""
+        if not commands:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command, ttl_s in commands:
+                pipe.set(_PREFIX + command.target, encode_command(command), nx=True, ex=max(1, ttl_s))
+            written = await pipe.execute()
+        return sum(1 for ok in written if ok)
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
 
     async def release(self, session_id: str) -> bool:
         """Clear a session's kill; True when there was one."""

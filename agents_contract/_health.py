@@ -44,6 +44,7 @@ class Health:
     outages: int = 0
     # When the broker was last found unreachable (monotonic seconds), for the log line on recovery.
     _down_since: float | None = field(default=None, repr=False)
+    _redis_lost: bool = field(default=False, repr=False)
 
     def broker_lost(self, why: object) -> None:
         if not self.broker_reachable and self._down_since is not None:
@@ -81,8 +82,11 @@ class Health:
         self.redis_reachable = reachable
         REDIS_UP.set(1 if reachable else 0)
         if reachable:
-            log.warning("Tripwire's Redis (the fence) is reachable again")
+            if self._redis_lost:
+                log.warning("Tripwire's Redis (the fence) is reachable again")
         else:
+            self._redis_lost = True
+            self.outages += 1
             OUTAGES.labels("redis").inc()
             log.warning(
                 "Tripwire's Redis (the fence) is unreachable (%s): kills arrive only by the broker", why

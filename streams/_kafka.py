@@ -225,7 +225,7 @@ class RecordProducer:
         self,
         topic: str,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         *,
         partition: int | None = None,
         headers: dict[str, bytes] | None = None,

@@ -85,16 +85,20 @@ def broker() -> Iterator[Broker]:
 def redis_url() -> Iterator[str]:
     if BROKER == "none":
         pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
-    binary = None
-    if BROKER == "kafka":
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "TRIPWIRE_TEST_BROKER=kafka needs Debian's redis-server on PATH "
-                "(apt-get install redis-server)"
-            )
-    with EmbeddedRedis(binary=binary) as redis:
+    with EmbeddedRedis(binary=redis_binary()) as redis:
         yield redis.url
+
+
+def redis_binary() -> str | None:
+    """Debian's redis-server on the Kafka tier, the embedded Valkey otherwise (None)."""
+    if BROKER != "kafka":
+        return None
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "TRIPWIRE_TEST_BROKER=kafka needs Debian's redis-server on PATH (apt-get install redis-server)"
+        )
+    return binary
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,10 @@ async def manual_kill(
 
 async def release(settings: Settings, session_id: str) -> KillCommand | None:
     """Clear a session's fence, so that an agent may attach to it again; returns the kill it held."""
+    # A tombstone on the control topic first: a worker that rebuilds a lost fence from the topic must not
+    # bring this kill back.
+    async with RecordProducer(settings.kafka.bootstrap, idempotent=settings.kafka.idempotent_producer) as out:
+        await (await out.send(settings.topics.control, session_id.encode(), None))
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
     try:
         held = await fence.lookup(session_id)
@@ -118,6 +122,10 @@ async def tail(settings: Settings, which: TailTopic, *, follow: bool) -> AsyncIt
         await reader.mark_end()
         while follow or not await reader.caught_up():
             for key, value, headers in await reader.read(timeout_ms=200):
+                if value is None and which == "control":
+                    # `tripwire release` leaves a tombstone: the session's kill is no longer in force.
+                    yield {"key": None if key is None else key.decode(errors="replace"), "released": True}
+                    continue
                 yield _describe(which, signer, key, value or b"", headers)
 
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge
 
-from agents_contract import Fence, FenceError, KillCommand
+from agents_contract import ContractError, Fence, FenceError, KillCommand, parse_command
 from sinks import Alert
 
 log = logging.getLogger("tripwire.fence")
@@ -25,6 +25,9 @@ log = logging.getLogger("tripwire.fence")
 FENCE_UP = Gauge("tripwire_fence_up", "1 while this worker's last write to the Redis fence succeeded")
 FENCE_PENDING = Gauge("tripwire_fence_pending", "Kills sent on the control topic and not yet in the fence")
 FENCE_ERRORS = Counter("tripwire_fence_errors_total", "Failed writes to the Redis fence (retried)")
+FENCE_RESTORED = Counter(
+    "tripwire_fence_restored_total", "Kills put back into a fence Redis had lost, read from the control topic"
+)
 
 FENCE_DOWN = "fence_unreachable"
 # How long one fence write may take on the kill path before the kill goes out without it.
@@ -92,6 +95,43 @@ class FenceKeeper:
         FENCE_PENDING.set(0)
         await self._came_back(fenced)
 
+    async def rebuild_if_lost(self, bootstrap: str, control_topic: str) -> int:
+        """When Redis has lost the fence (restarted without persistence, failed over to an empty replica),
+        put back every kill of the control topic that is still in force: the last record per session,
+        unless a `tripwire release` tombstone followed it, younger than the fence's TTL. Returns how many
+        kills were missing. Called every few seconds by the worker; never raises."""
+        fence = self._fence
+        try:
+            if await asyncio.wait_for(fence.intact(), timeout=_WRITE_TIMEOUT_S):
+                return 0
+            now = self._clock()
+            kills = await read_kills(bootstrap, control_topic)
+            ttl_ms = fence.ttl_s * 1000
+            live = [
+                (command, (ttl_ms - (now - command.issued_at_ms)) // 1000)
+                for command in kills.values()
+                if now - command.issued_at_ms < ttl_ms
+            ]
+            restored = await fence.restore(live)
+            await fence.mark_intact()
+        except (FenceError, OSError, TimeoutError) as exc:
+            log.debug("fence check skipped: %r", exc)  # an unreachable Redis is reported by `retry`
+            return 0
+        except Exception:
+            log.exception("could not rebuild the fence from %s; trying again", control_topic)
+            return 0
+        FENCE_RESTORED.inc(restored)
+        if restored:
+            log.critical(
+                "the Redis fence at %s had lost its data: %d kills still in force restored from %s",
+                self._where,
+                restored,
+                control_topic,
+            )
+        else:
+            log.info("the Redis fence at %s is complete (%d kills in force)", self._where, len(live))
+        return restored
+
     def _hold(self, commands: list[KillCommand]) -> None:
         for command in commands:
             self.pending.setdefault(command.target, command)
@@ -152,6 +192,31 @@ class FenceKeeper:
             await self._page(alert)
         except Exception as exc:  # the page is best effort here; the log line and the gauge are not
             log.error("could not send the fence alert: %r", exc)
+
+
+async def read_kills(bootstrap: str, control_topic: str) -> dict[str, KillCommand]:
+    """The session kills in force on the control topic: per session its last record, none where that is a
+    release tombstone or not a command."""
+    from streams import TopicReader
+
+    kills: dict[str, KillCommand] = {}
+    async with TopicReader(bootstrap, control_topic) as reader:
+        await reader.mark_end()
+        while not await reader.caught_up():
+            for key, value, _ in await reader.read(timeout_ms=200):
+                if key is None:
+                    continue
+                session_id = key.decode(errors="replace")
+                if value is None:
+                    kills.pop(session_id, None)
+                    continue
+                try:
+                    command = parse_command(value)
+                except ContractError:
+                    continue
+                if command.scope == "session" and command.target == session_id:
+                    kills[session_id] = command
+    return kills
 
 
 def _redacted(url: str) -> str:

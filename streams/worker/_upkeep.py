@@ -32,6 +32,7 @@ log = logging.getLogger("tripwire.worker")
 # States the idle sweep looks at per tick, and settled sessions evicted per tick at most (their tombstones
 # go out in one bulk send).
 SWEEP_PER_TICK = 5_000
+FENCE_CHECK_S = 5.0
 DEPART_PER_TICK = 50_000
 
 _timer_log = BoundedLog(interval_s=30.0)
@@ -82,6 +83,8 @@ class Upkeep:
         app, conf = self._app, self.settings.worker
         app.timer(interval=1.0)(guarded("escalate_unacknowledged_kills", self.escalate_unacknowledged_kills))
         app.timer(interval=1.0)(guarded("retry_fence_writes", self._judge_fencing_retry))
+        # A Redis that lost its data (restarted without persistence, failed over) gets its kills back.
+        app.timer(interval=FENCE_CHECK_S)(guarded("rebuild_lost_fence", self.rebuild_lost_fence))
         app.timer(interval=conf.timer_interval_s)(
             guarded("expire_quiet_sessions", self.expire_quiet_sessions)
         )
@@ -95,6 +98,9 @@ class Upkeep:
 
     async def _judge_fencing_retry(self) -> None:
         await self._judge.fencing.retry()
+
+    async def rebuild_lost_fence(self) -> None:
+        await self._judge.fencing.rebuild_if_lost(self.settings.kafka.bootstrap, self.settings.topics.control)
 
     async def checkpoint_when_due(self) -> None:
         # A quiet worker still checkpoints what its last batches changed, so their offsets get committed.

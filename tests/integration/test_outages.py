@@ -4,6 +4,8 @@ while Tripwire cannot be reached at all."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -110,3 +112,71 @@ async def test_a_guard_starts_with_tripwire_unreachable_unless_it_fails_closed(b
     closed = AgentGuard(**nowhere, on_outage="fail_closed")
     with pytest.raises(TripwireUnavailable):
         await closed.start()
+
+
+async def _killed(guard: Any, sid: str) -> tuple[SessionKilled | None, int]:
+    """Attach `sid` and step until stopped; the kill (None if none came) and how many tool runs it got."""
+    ran = 0
+
+    async def tool() -> None:
+        nonlocal ran
+        ran += 1
+        await asyncio.sleep(0.01)
+
+    session = guard.session(sid, agent_id="a", tenant_id="t", user_id="u")
+    try:
+        async with session:
+            for n in range(500):
+                await session.call_tool("search", {"n": n}, tool)
+    except SessionKilled as exc:
+        return exc, ran
+    return None, ran
+
+
+async def test_a_fence_lost_with_redis_is_rebuilt_from_the_control_topic(broker: Broker) -> None:
+    from agents_contract import Fence
+    from streams import load_settings
+    from streams.lab._embedded import EmbeddedRedis
+    from streams.operator._operator import release
+    from tests.conftest import redis_binary
+
+    redis = EmbeddedRedis(binary=redis_binary()).start()
+    try:
+        async with LocalStack(
+            bootstrap=broker.bootstrap,
+            redis_url=redis.url,
+            idempotent=broker.idempotent,
+            detectors=budget_only(max_steps=3),
+            private_topics=True,
+        ) as stack:
+            async with stack.guard() as guard:
+                for sid in ("lost-1", "lost-2", "released"):
+                    kill, _ = await _killed(guard, sid)
+                    assert kill is not None
+            await release(load_settings(stack.workdir / "tripwire.yaml"), "released")
+            # kill -9: Redis (no persistence, as the default config runs it) comes back empty.
+            os.kill(redis.pid, signal.SIGKILL)
+            redis.stop()  # reaps it; the same port again
+            redis.start()
+            fence = Fence(redis.url)
+            try:
+
+                async def rebuilt() -> bool:
+                    return (
+                        await fence.lookup("lost-1") is not None and await fence.lookup("lost-2") is not None
+                    )
+
+                deadline = time.monotonic() + 60
+                while not await rebuilt():
+                    assert time.monotonic() < deadline, "the fence was not rebuilt within 60 s"
+                    await asyncio.sleep(0.1)
+                assert await fence.lookup("released") is None  # its release is on the topic too
+            finally:
+                await fence.close()
+            # A late-attaching agent of a killed session is stopped before its first tool run.
+            async with stack.guard() as late:
+                kill, ran = await _killed(late, "lost-1")
+            assert kill is not None
+            assert ran == 0
+    finally:
+        redis.stop()
