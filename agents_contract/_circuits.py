@@ -12,6 +12,9 @@ from agents_contract._commands import CommandSigner, KillCommand
 
 log = logging.getLogger("tripwire.sdk")
 
+MAX_OPEN_S = 3_600.0
+"""The longest an SDK keeps a tool switched off after one command, whatever the command says."""
+
 
 class ToolCircuitOpen(RuntimeError):
     """Raised for a tool whose circuit Tripwire opened; the tool did not run. An ordinary error on purpose:
@@ -44,9 +47,19 @@ class ToolCircuits:
     generation wins over its open. Commands are verified here too, so nothing unsigned ever opens a circuit.
     """
 
-    def __init__(self, signer: CommandSigner, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        signer: CommandSigner,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_open_s: float = MAX_OPEN_S,
+    ) -> None:
+        if not 0 < max_open_s <= 7 * 86_400:
+            raise ValueError(f"max_open_s must be above 0 and at most a week, not {max_open_s!r}")
         self._signer = signer
         self._clock = clock
+        self._max_open_ms = int(max_open_s * 1000)
+        self.clamped = 0
         # (tenant_id, tool): "" for the fleet-wide circuit of a tool, a tenant id for that tenant's own.
         self._circuits: dict[tuple[str, str], _Circuit] = {}
 
@@ -70,7 +83,22 @@ class ToolCircuits:
         if action == "open" and open_ms is not None:
             if current is not None and generation <= current.generation:
                 return False
-            until = command.issued_at_ms + open_ms
+            # Whatever the command says (a long period, or an issue time in the future), the tool is off
+            # for at most `max_open_s` from now: a command is signed, not necessarily sane.
+            now = self._now_ms()
+            limit = now + self._max_open_ms
+            if open_ms > self._max_open_ms or command.issued_at_ms + open_ms > limit:
+                self.clamped += 1
+                log.warning(
+                    "tool command %s opens %s for %d ms from %d; held to the SDK's maximum of %d ms from now",
+                    command.command_id,
+                    tool,
+                    open_ms,
+                    command.issued_at_ms,
+                    self._max_open_ms,
+                )
+            open_ms = min(open_ms, self._max_open_ms)
+            until = min(command.issued_at_ms + open_ms, limit)
             self._circuits[key] = _Circuit(generation, open_ms, until)
             log.warning(
                 "tool %s circuit opened until %d ms%s by %s (generation %d): %s",

@@ -43,7 +43,7 @@ from aiokafka.errors import KafkaError
 from pydantic import SecretStr, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
-from agents_contract._circuits import ToolCircuitOpen, ToolCircuits
+from agents_contract._circuits import MAX_OPEN_S, ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import CommandSigner, KillCommand, parse_command
 from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
@@ -397,6 +397,7 @@ class AgentGuard:
         on_outage: OnOutage = "keep_working",
         buffer_events: int = 100_000,
         connect_timeout_s: float = 10.0,
+        max_circuit_open_s: float = MAX_OPEN_S,
     ) -> None:
         if on_outage not in ("keep_working", "fail_closed"):
             raise ValueError(f"on_outage must be 'keep_working' or 'fail_closed', not {on_outage!r}")
@@ -413,7 +414,7 @@ class AgentGuard:
         self._clock = clock
         self.budget_gate = budget_gate
         self.model_reserve_usd = _usd("model_reserve_usd", model_reserve_usd)
-        self.tool_circuits = ToolCircuits(self._signer, clock=clock)
+        self.tool_circuits = ToolCircuits(self._signer, clock=clock, max_open_s=max_circuit_open_s)
         self._sessions: dict[str, list[GuardedSession]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._publisher: EventPublisher | None = None

@@ -332,3 +332,20 @@ def test_a_session_command_reads_and_verifies_as_before_tenant_scoped_commands()
     assert b'"tenant_id":"noisy"' in encode_command(scoped)
     assert HONEST.verify(scoped)
     assert not HONEST.verify(scoped.model_copy(update={"tenant_id": "other"}))
+
+
+def test_no_command_switches_a_tool_off_for_longer_than_the_sdks_maximum(clock: Clock) -> None:
+    circuits = ToolCircuits(CommandSigner(KEY), clock=clock, max_open_s=600)
+    # Signed, but asking for 31 years.
+    assert circuits.apply(tool_command("open", 1, open_ms=31 * 365 * 86_400_000))
+    with pytest.raises(ToolCircuitOpen) as refused:
+        circuits.admit("search")
+    assert refused.value.until_ms == T0_MS + 600_000
+    # Or for a normal period from an issue time far in the future.
+    assert circuits.apply(tool_command("open", 2, issued_at_ms=T0_MS + 10**12))
+    with pytest.raises(ToolCircuitOpen) as refused:
+        circuits.admit("search")
+    assert refused.value.until_ms == T0_MS + 600_000
+    assert circuits.clamped == 2
+    clock.ms = T0_MS + 600_000
+    assert circuits.state("search") == "half_open"
