@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
 from pydantic import (
@@ -211,12 +211,35 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(explain(exc, source=str(path) if path else "environment")) from None
 
 
+_SECRET_KEYS: Final = ("signing_key", "password", "secret", "token", "api_key", "routing_key", "webhook_url")
+
+
+def _shown(key: str, value: Any) -> str:
+    """A bad value as an error message may show it: never a secret, never a URL's credentials."""
+    last = key.rsplit(".", 1)[-1]
+    if any(word in last for word in _SECRET_KEYS):
+        return "<secret>"
+    if isinstance(value, str):
+        return repr(redacted_url(value))
+    if isinstance(value, dict | list):
+        return f"<a {type(value).__name__}>"
+    return repr(value)
+
+
+def redacted_url(url: str) -> str:
+    """A URL without its credentials (`scheme://***@host`), for logs, alerts and `config check`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    _creds, at, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if at else url
+
+
 def explain(exc: ValidationError, *, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"])
-        value = err.get("input")
-        shown = "<secret>" if "signing_key" in key else repr(value)
+        shown = _shown(key, err.get("input"))
         if not key:
             # A rule across keys: its message names them. The input here is the whole config, secrets
             # included, so it is never shown.
@@ -228,7 +251,8 @@ def explain(exc: ValidationError, *, source: str) -> str:
         elif isinstance(problems := (err.get("ctx") or {}).get("error"), KeyProblems):
             lines.extend(f"  {key}.{problem}" for problem in problems.problems)
         elif err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (value {shown}); check the spelling against the README")
+            # Not the value: a secret put under a misspelt key is still a secret.
+            lines.append(f"  {key}: unknown key; check the spelling against the README")
         else:
             lines.append(f"  {key}: {shown} is not allowed: {err['msg']}")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ import orjson
 
 from agents_contract import contract_json_schema
 from detectors import FailureClass
-from streams._config import ConfigError, Settings, load_settings
+from streams._config import ConfigError, Settings, load_settings, redacted_url
 from streams._kafka import ensure_topics, topic_specs, wait_for_broker
 
 
@@ -176,7 +176,7 @@ def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     d, t = settings.detectors, settings.topics
     print(f"{args.file}: valid")
-    print(f"  kafka {settings.kafka.bootstrap}, redis {settings.redis.url}")
+    print(f"  kafka {settings.kafka.bootstrap}, redis {redacted_url(settings.redis.url)}")
     print(
         f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: "
         f"{t.partitions} partitions, replication {t.replication}"

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Gauge
 
 from agents_contract import ContractError, Fence, FenceError, KillCommand, parse_command
 from sinks import Alert
+from streams._config import redacted_url
 
 log = logging.getLogger("tripwire.fence")
 
@@ -41,7 +42,7 @@ class FenceKeeper:
     def __init__(self, fence: Fence, *, app_id: str, redis_url: str, page: Page, clock: Callable[[], int]):
         self._fence = fence
         self._app_id = app_id
-        self._where = _redacted(redis_url)
+        self._where = redacted_url(redis_url)
         self._page = page
         self._clock = clock
         # Kills waiting to be fenced, by session (the first kill of a session is the one the fence keeps).
@@ -217,12 +218,3 @@ async def read_kills(bootstrap: str, control_topic: str) -> dict[str, KillComman
                 if command.scope == "session" and command.target == session_id:
                     kills[session_id] = command
     return kills
-
-
-def _redacted(url: str) -> str:
-    """A Redis URL without its credentials, for logs and alerts."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    _creds, at, host = rest.rpartition("@")
-    return f"{scheme}://***@{host}" if at else url

@@ -164,3 +164,22 @@ def test_idle_eviction_must_outlast_the_stall_and_deadline_windows_and_never_sho
     assert "worker.evict_idle_after_s: 600 is not allowed" in str(bad.value)
     assert "7200" in str(bad.value)
     assert "s3cr3t" not in str(bad.value)
+
+
+def test_config_check_and_its_errors_never_show_a_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(f"signing_key: {KEY}\nredis: {{url: 'rediss://tripwire:hunter2@redis.example:6380/0'}}\n")
+    bad.write_text(
+        f"signing_key: {KEY}\nredis: {{url: 'http://tripwire:hunter2@redis.example/0'}}\n"
+        "sinks: {slakc: {webhook_url: 'https://hooks.example/hunter2'}}\n"
+    )
+    assert main(["config", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "rediss://***@redis.example:6380/0" in out
+    assert main(["config", "check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "redis.url: 'http://***@redis.example/0' is not allowed" in err
+    assert "sinks.slakc: unknown key" in err
+    assert "hunter2" not in out + err
