@@ -4,7 +4,6 @@ going away under the kill path, and a worker starting on a broker that has none 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator
 
 import orjson
@@ -14,7 +13,7 @@ from agents_contract import Fence, SessionKilled
 from streams import EmbeddedRedis, RecordProducer, TopicReader
 from streams._kafka import TopicSpec, changelog_topic, ensure_topics
 from streams.lab._stack import LocalStack, budget_only
-from tests.conftest import BROKER, Broker
+from tests.conftest import Broker, redis_binary
 from tests.integration.test_kill_path import DEADLINE_S, runaway, wait_for
 
 pytestmark = pytest.mark.integration
@@ -122,12 +121,8 @@ async def test_poison_at_a_steady_rate_beside_runaways_every_runaway_killed(stac
     assert "Traceback" not in stack.worker.log_tail(400)
 
 
-def _redis_binary() -> str | None:
-    return shutil.which("redis-server") if BROKER == "kafka" else None
-
-
 async def test_the_kill_path_survives_redis_restarting_and_going_away(broker: Broker) -> None:
-    redis = EmbeddedRedis(binary=_redis_binary()).start()
+    redis = EmbeddedRedis(binary=redis_binary()).start()
     try:
         async with LocalStack(
             bootstrap=broker.bootstrap,

@@ -13,7 +13,7 @@ import pytest
 
 from agents_contract import SessionKilled, TripwireUnavailable
 from streams.lab._stack import LocalStack, budget_only
-from tests.conftest import Broker
+from tests.conftest import Broker, redis_binary
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +138,6 @@ async def test_a_fence_lost_with_redis_is_rebuilt_from_the_control_topic(broker:
     from streams import load_settings
     from streams.lab._embedded import EmbeddedRedis
     from streams.operator._operator import release
-    from tests.conftest import redis_binary
 
     redis = EmbeddedRedis(binary=redis_binary()).start()
     try:
