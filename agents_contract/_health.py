@@ -92,9 +92,12 @@ class Health:
                 "Tripwire's Redis (the fence) is unreachable (%s): kills arrive only by the broker", why
             )
 
+    def __post_init__(self) -> None:
+        # Read when scraped, not written per event: the outbox changes it twice per event.
+        BUFFERED.set_function(lambda: self.buffered)
+
     def queued(self, count: int) -> None:
         self.buffered = count
-        BUFFERED.set(count)
 
     def drop(self, count: int = 1) -> None:
         self.dropped += count
