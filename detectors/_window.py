@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,16 +17,22 @@ from detectors._state import SessionState
 _PACKED = "~"  # not a character of event ids (agents_contract's id pattern), so a packed id is unambiguous
 
 
-_SDK_ID = re.compile(r"[0-9a-f]{32}")  # lower case only: an upper-case id would not come back the same
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def packed_id(event_id: str) -> str:
     """An event id as windows keep it: the SDK's ids (32 lowercase hex digits) in 23 characters instead of
     32, any other id as it is. `unpacked_ids` gives them back."""
-    if len(event_id) != 32 or _SDK_ID.fullmatch(event_id) is None:
+    if len(event_id) != 32:
         return event_id
-    encoded = binascii.b2a_base64(bytes.fromhex(event_id), newline=False)
+    try:
+        raw = bytes.fromhex(event_id)
+    except ValueError:
+        return event_id
+    # `fromhex` also takes upper case and skips spaces: only an id that comes back the same is packed.
+    if raw.hex() != event_id:
+        return event_id
+    encoded = binascii.b2a_base64(raw, newline=False)
     return _PACKED + encoded[:22].translate(_URLSAFE).decode()
 
 

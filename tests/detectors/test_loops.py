@@ -430,3 +430,14 @@ def test_windows_keep_times_since_the_sessions_first_event(detector: Detector, n
     verdicts = step(s, n - 1, 1_000 + n)
     assert verdicts != []
     assert verdicts[0].window_start_ms >= T0 + 1_000
+
+
+def test_only_the_sdks_lowercase_hex_ids_are_packed_and_they_come_back_the_same() -> None:
+    from detectors._window import packed_id, unpacked_ids
+
+    sdk = "0123456789abcdef" * 2
+    packed = packed_id(sdk)
+    assert (len(packed), packed[0]) == (23, "~")
+    assert unpacked_ids([packed]) == [sdk]
+    for kept in (sdk.upper(), "0123456789abcdef 123456789abcdef", "g" * 32, sdk[:31], sdk + "0", "e-1"):
+        assert packed_id(kept) == kept
