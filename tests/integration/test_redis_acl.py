@@ -1,0 +1,160 @@
+"""The fence over TLS with the README's ACL users: agents read it, only workers write it.
+
+A real server with the ACL lines the README gives: on the Kafka tier Debian's redis-server on a TLS port,
+with a CA and server certificate made here; the embedded Valkey is built without TLS, so on that tier the
+same users are tested on a plain port."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agents_contract import CommandSigner, Fence, KillCommand
+from streams import free_port
+from streams.lab._embedded import _valkey_binary, _wait_for_port
+from tests.conftest import redis_binary
+
+pytestmark = pytest.mark.integration
+
+AGENT_ACL = (
+    "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* resetchannels -@all "
+    "+get +mget +ping +exists +hello"
+)
+WORKER_ACL = "user worker on >worker-pw ~* &* +@all"
+
+
+def _certificates(where: Path) -> None:
+    """A CA, and a certificate for 127.0.0.1 and localhost signed by it (PEM files in `where`)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tripwire test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (where / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (where / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (where / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
+def _server(binary: str, where: Path, *, tls: bool) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    listen = (
+        [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {where / 'server.pem'}",
+            f"tls-key-file {where / 'server.key'}",
+            f"tls-ca-cert-file {where / 'ca.pem'}",
+            "tls-auth-clients no",
+        ]
+        if tls
+        else [f"port {port}"]
+    )
+    conf = where / "redis.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                *listen,
+                "bind 127.0.0.1",
+                'save ""',
+                "appendonly no",
+                "user default off",
+                WORKER_ACL,
+                AGENT_ACL,
+                "",
+            ]
+        )
+    )
+    log = where / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_port(port, proc, "redis", log, 30)
+    return proc, port
+
+
+@pytest.fixture
+def acl_redis() -> Iterator[tuple[str, bool]]:
+    """(host:port/db and the query that trusts the test CA, whether the server speaks TLS)."""
+    binary = redis_binary()
+    where = Path(tempfile.mkdtemp(prefix="tripwire-redis-acl-"))
+    _certificates(where)
+    tls = binary is not None  # Debian's redis-server has TLS; the embedded Valkey has not
+    proc, port = _server(binary or _valkey_binary(), where, tls=tls)
+    try:
+        yield (f"localhost:{port}/0?ssl_ca_certs={where / 'ca.pem'}" if tls else f"127.0.0.1:{port}/0"), tls
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+async def test_agents_read_the_fence_over_tls_and_only_workers_write_it(acl_redis: tuple[str, bool]) -> None:
+    where, tls = acl_redis
+    scheme = "rediss" if tls else "redis"
+    worker = Fence(f"{scheme}://worker:worker-pw@{where}")
+    agent = Fence(f"{scheme}://agent:agent-pw@{where}")
+    kill = CommandSigner("k" * 32).sign(
+        KillCommand(command_id="kill-1", target="s-1", reason="runaway", detector="max_steps", issued_at_ms=1)
+    )
+    try:
+        assert await worker.kill([kill]) == {"s-1"}
+        held = await agent.lookup("s-1")
+        assert held is not None
+        assert held.command_id == "kill-1"
+        found = await agent.lookup_many(["s-1", "s-2"])
+        assert [c.command_id if c else None for c in found] == ["kill-1", None]
+        with pytest.raises(Exception, match="no permissions"):
+            await agent.release("s-1")  # an agent cannot lift its own kill
+        with pytest.raises(Exception, match="no permissions"):
+            await agent.kill([kill.model_copy(update={"target": "s-2"})])  # nor fence another session
+        assert await worker.lookup("s-1") is not None
+        if tls:
+            untrusting = Fence(f"rediss://agent:agent-pw@{where.partition('?')[0]}")
+            try:
+                with pytest.raises(Exception, match=r"(?i)certificate"):
+                    await untrusting.ping()  # without the CA the server is not trusted
+            finally:
+                await untrusting.close()
+    finally:
+        for fence in (worker, agent):
+            await fence.close()
