@@ -235,6 +235,7 @@ class _Outbox:
         # Sent, not yet confirmed by the broker: send number -> item. Failed ones go back in send order.
         self._inflight: dict[int, _Item] = {}
         self._failed: list[tuple[int, _Item]] = []
+        self._renew = False
         self._sends = itertools.count()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -291,6 +292,26 @@ class _Outbox:
             if not health.broker_reachable:
                 await self._wait_for_broker()
                 continue
+            if self._renew and self._inflight:
+                # Let what is in flight settle first (failing, it is queued again in order).
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._renew:
+                # Sends failed: the idempotent producer's sequence numbers for them are spent, and after a
+                # broker restart its retries can be refused for good (OutOfOrderSequenceNumber). A new
+                # producer starts clean; the worker drops any event that did arrive twice.
+                self._renew = False
+                try:
+                    async with asyncio.timeout(_CLOSE_WAIT_S):
+                        await publisher.stop()
+                        await publisher.start()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._renew = True
+                    health.broker_lost(exc)
+                    continue
             key, value, done = self._items[0]
             try:
                 body = value if isinstance(value, bytes) else await value
@@ -320,11 +341,14 @@ class _Outbox:
         error = None if delivered.cancelled() else delivered.exception()
         if delivered.cancelled() or error is not None:
             self._failed.append((number, item))
+            self._renew = True
             self._health.broker_lost(error or "send cancelled")
             self._wake.set()
             return
         self._health.broker_back()
         self._health.queued(len(self))
+        if self._renew:
+            self._wake.set()
         done = item[2]
         if done is not None and not done.done():
             done.set_result(None)
