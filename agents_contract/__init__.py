@@ -53,6 +53,7 @@ from agents_contract._sdk import (
     Turn,
     digest,
 )
+from agents_contract._security import KafkaSecurity
 from agents_contract._sync import SyncAgentGuard, SyncSession, SyncTurn
 from agents_contract._text import MAX_ID, MAX_REASON, agent_id_for, bounded_evidence, clip, clip_id
 
@@ -76,6 +77,7 @@ __all__ = [
     "GuardedSession",
     "Health",
     "Heartbeat",
+    "KafkaSecurity",
     "KillCommand",
     "MemoryRead",
     "MemoryWritten",

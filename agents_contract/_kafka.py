@@ -15,6 +15,8 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from agents_contract._security import PLAINTEXT, KafkaSecurity
+
 REQUEST_TIMEOUT_MS: Final = 10_000
 
 
@@ -25,9 +27,16 @@ class EventPublisher:
     client, since aiokafka's cannot be started twice."""
 
     def __init__(
-        self, bootstrap: str, topic: str, *, idempotent: bool = True, client_id: str = "tripwire-agent"
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        idempotent: bool = True,
+        client_id: str = "tripwire-agent",
+        security: KafkaSecurity = PLAINTEXT,
     ):
         self.topic = topic
+        self._security = security
         self._bootstrap, self._idempotent, self._client_id = bootstrap, idempotent, client_id
         self._producer: AIOKafkaProducer | None = None
 
@@ -38,6 +47,7 @@ class EventPublisher:
     async def start(self) -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
+            **self._security.client_options(),
             client_id=self._client_id,
             enable_idempotence=self._idempotent,
             acks="all",
@@ -78,8 +88,16 @@ class EventPublisher:
 class ControlSubscription:
     """Reads every partition of the control topic from the position it had at `start()`."""
 
-    def __init__(self, bootstrap: str, topic: str, *, client_id: str = "tripwire-agent-control") -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        client_id: str = "tripwire-agent-control",
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self.topic = topic
+        self._security = security
         self._bootstrap, self._client_id = bootstrap, client_id
         self._consumer = self._new_consumer()
         self.started = False
@@ -87,6 +105,7 @@ class ControlSubscription:
     def _new_consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
+            **self._security.client_options(),
             client_id=self._client_id,
             group_id=None,
             enable_auto_commit=False,

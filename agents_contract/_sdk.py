@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
@@ -51,6 +51,7 @@ from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._gate import BudgetGate, Refusal, Reservation
 from agents_contract._health import REFUSED, Health, OnOutage
 from agents_contract._kafka import ControlSubscription, EventPublisher
+from agents_contract._security import KafkaSecurity
 from agents_contract._text import clip
 
 T = TypeVar("T")
@@ -404,6 +405,10 @@ class AgentGuard:
     while the broker is away, and no Kafka or Redis error reaches agent code. `on_outage="fail_closed"`
     makes `start()` raise `TripwireUnavailable` when Tripwire cannot be reached within `connect_timeout_s`,
     and guarded calls raise it while the broker is unreachable. `guard.health` says which it is now.
+
+    A secured cluster: `kafka_security` takes a `KafkaSecurity` (or its fields as a mapping), the same
+    settings as the worker's `kafka.security` (TLS with a CA and client certificate, SASL PLAIN, SCRAM or
+    OAUTHBEARER); the Redis URL carries Redis's TLS and ACL user (`rediss://user:password@host`).
     """
 
     def __init__(
@@ -422,6 +427,7 @@ class AgentGuard:
         buffer_events: int = 100_000,
         connect_timeout_s: float = 10.0,
         max_circuit_open_s: float = MAX_OPEN_S,
+        kafka_security: KafkaSecurity | Mapping[str, Any] | None = None,
     ) -> None:
         if on_outage not in ("keep_working", "fail_closed"):
             raise ValueError(f"on_outage must be 'keep_working' or 'fail_closed', not {on_outage!r}")
@@ -432,6 +438,11 @@ class AgentGuard:
         self._connect_timeout_s = connect_timeout_s
         self._signer = CommandSigner(signing_key)
         self._bootstrap = bootstrap
+        self._kafka_security = (
+            kafka_security
+            if isinstance(kafka_security, KafkaSecurity)
+            else KafkaSecurity.model_validate(kafka_security or {})
+        )
         self._events_topic, self._control_topic = events_topic, control_topic
         self._idempotent = idempotent
         self._redis_url = redis_url
@@ -455,8 +466,12 @@ class AgentGuard:
         self._fence = Fence(self._redis_url)
         if self.budget_gate:
             self.gate = BudgetGate(self._fence.redis, clock=self._clock)
-        self._publisher = EventPublisher(self._bootstrap, self._events_topic, idempotent=self._idempotent)
-        self._control = ControlSubscription(self._bootstrap, self._control_topic)
+        self._publisher = EventPublisher(
+            self._bootstrap, self._events_topic, idempotent=self._idempotent, security=self._kafka_security
+        )
+        self._control = ControlSubscription(
+            self._bootstrap, self._control_topic, security=self._kafka_security
+        )
         self._outbox = _Outbox(self._publisher, self.loop, self.health, capacity=self._buffer_events)
         redis, kafka = await asyncio.gather(
             self._connect_redis(), self._connect_kafka(), return_exceptions=True

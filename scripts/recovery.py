@@ -79,7 +79,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         worker={"instance_id": instance, "kill_ack_timeout_s": ACK_TIMEOUT_S},
     ) as stack:
         t0 = wall_clock()
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+        async with RecordProducer(
+            stack.bootstrap, security=stack.security, idempotent=stack.idempotent, linger_ms=5
+        ) as producer:
             for n in range(args.sessions):
                 sid = f"active-{n}"
                 for value in _active_session(sid, t0):
@@ -88,7 +90,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await stack.drain(timeout_s=600)
         async with (
             stack.guard() as guard,
-            TopicReader(stack.bootstrap, stack.topics["alerts"]) as alerts,
+            TopicReader(stack.bootstrap, stack.topics["alerts"], security=stack.security) as alerts,
         ):
             acked = [await _runaway(guard, f"acked-{n}") for n in range(args.acked)]
             await asyncio.gather(*(_stopped(s, 60) for s in acked))

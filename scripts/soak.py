@@ -66,7 +66,9 @@ async def main(args: argparse.Namespace) -> None:
         t0 = wall_clock()
         samples: list[dict[str, Any]] = []
         started = time.monotonic()
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+        async with RecordProducer(
+            stack.bootstrap, security=stack.security, idempotent=stack.idempotent, linger_ms=5
+        ) as producer:
             for n in range(args.sessions):
                 for key, value in session(n, t0):
                     await producer.send(stack.topics["events"], key, value)

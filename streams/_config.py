@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agents_contract._commands import MIN_KEY_BYTES
+from agents_contract._security import KafkaSecurity
 from detectors import DetectorSettings, KeyProblems
 from sinks import SinksSettings
 
@@ -42,6 +43,8 @@ class KafkaSettings(_Section):
     # InitProducerId, so the embedded set-up turns this off and relies on the worker's replay filter.
     idempotent_producer: bool = True
     client_id: str = "tripwire"
+    # TLS and SASL for every Kafka client Tripwire builds (worker, sinks, CLI); the SDK takes the same.
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class RedisSettings(_Section):

@@ -22,6 +22,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
+from agents_contract._security import PLAINTEXT, KafkaSecurity
 from streams._config import Settings
 
 log = logging.getLogger("tripwire.topics")
@@ -108,7 +109,9 @@ class _QuietLogger:
         self._logger.setLevel(self._level)
 
 
-async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0) -> None:
+async def wait_for_broker(
+    bootstrap: str, *, timeout_s: float = 60.0, security: KafkaSecurity = PLAINTEXT
+) -> None:
     """Return once the broker answers a metadata request, or raise TimeoutError naming it."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -117,7 +120,9 @@ async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0) -> None:
     # TimeoutError below names the last one if it never comes up.
     with _QuietLogger("aiokafka"):
         while loop.time() < deadline:
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=bootstrap, **security.client_options(), request_timeout_ms=5000
+            )
             try:
                 await admin.start()
                 await admin.list_topics()
@@ -130,9 +135,13 @@ async def wait_for_broker(bootstrap: str, *, timeout_s: float = 60.0) -> None:
     raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:g}s: {last!r}")
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[TopicOutcome]:
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], *, security: KafkaSecurity = PLAINTEXT
+) -> list[TopicOutcome]:
     """Create the topics that do not exist; report those that do (never alters an existing topic)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **security.client_options(), request_timeout_ms=15_000
+    )
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -180,13 +189,17 @@ async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dic
     return {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code", 0) == 0}
 
 
-async def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+async def consumer_lag(bootstrap: str, group: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> int:
     """Records of `topic` that consumer group `group` has not committed yet (a partition it never
     committed counts whole). Zero means the group has judged everything produced so far."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **security.client_options(), request_timeout_ms=15_000
+    )
     # A consumer that names the group but never subscribes reads its commits without joining it (and so
     # without triggering a rebalance of the worker).
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **security.client_options(), group_id=group, enable_auto_commit=False
+    )
     try:
         await admin.start()
         await reader.start()
@@ -205,9 +218,17 @@ async def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
 class RecordProducer:
     """A plain producer for tools (demo load, benchmarks, operator commands), not for agents."""
 
-    def __init__(self, bootstrap: str, *, idempotent: bool, linger_ms: int = 0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        idempotent: bool,
+        linger_ms: int = 0,
+        security: KafkaSecurity = PLAINTEXT,
+    ) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
+            **security.client_options(),
             enable_idempotence=idempotent,
             acks="all",
             linger_ms=linger_ms,
@@ -243,10 +264,13 @@ class GroupReader:
     """A consumer-group member that commits only what the caller says is done, record by record (the sink
     runners: an alert's offset is committed once it is delivered or dead-lettered)."""
 
-    def __init__(self, bootstrap: str, topic: str, group: str) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, group: str, *, security: KafkaSecurity = PLAINTEXT
+    ) -> None:
         self._consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
+            **security.client_options(),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -277,7 +301,13 @@ class GroupReader:
 
 
 async def session_records(
-    bootstrap: str, topic: str, session_id: str, *, since_ms: int, limit: int = 10_000
+    bootstrap: str,
+    topic: str,
+    session_id: str,
+    *,
+    since_ms: int,
+    limit: int = 10_000,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[bytes]:
     """The values of `topic` keyed by `session_id`, from `since_ms` (record time) to the topic's end now.
 
@@ -285,7 +315,9 @@ async def session_records(
     Java clients use), starting at the first record at or after `since_ms`; at most `limit` records are
     returned, the latest ones.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, **security.client_options(), group_id=None, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions = sorted(await _partitions_of(consumer, topic))
@@ -325,11 +357,12 @@ async def _partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
 class TopicReader:
     """Reads a whole topic from the beginning without a consumer group (tests, `tail`-like tools)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, *, security: KafkaSecurity = PLAINTEXT) -> None:
         self.topic = topic
         self._consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
+            **security.client_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

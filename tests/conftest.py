@@ -23,6 +23,7 @@ from typing import BinaryIO
 import pytest
 
 from streams import EmbeddedKafka, EmbeddedRedis, free_port
+from tests._tls import SASL_PASSWORD, SASL_USER, make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("TRIPWIRE_TEST_BROKER", "embedded")
@@ -34,6 +35,16 @@ class Broker:
     bootstrap: str
     idempotent: bool
     server: EmbeddedKafka | ApacheKafka | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def secured(self) -> ApacheKafka:
+        """The Apache Kafka whose SASL_SSL listener the secured-cluster tests use (Kafka tier only: the
+        embedded Tansu has no TLS or SASL listener)."""
+        if not isinstance(self.server, ApacheKafka):
+            pytest.skip(
+                "TLS and SASL are tested on the Kafka tier (the embedded Tansu speaks PLAINTEXT only)"
+            )
+        return self.server
 
     async def outage(self, down_s: float) -> None:
         """Make the broker unreachable for about `down_s` seconds, then wait until it answers again.
@@ -157,6 +168,9 @@ class ApacheKafka:
     def __init__(self) -> None:
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="tripwire-kafka-"))
+        # Beside PLAINTEXT, a SASL_SSL listener that requires a client certificate from this CA.
+        self.pki = make_pki(self.workdir / "tls")
+        self.secure_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
         self._controller = 0
@@ -165,12 +179,16 @@ class ApacheKafka:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def secure_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
     def __enter__(self) -> ApacheKafka:
         script = ROOT / "scripts" / "kafka" / "kraft.sh"
         subprocess.run([str(script), "fetch"], check=True)
-        self._controller = free_port()
-        while self._controller == self.port:  # two probes can return the same free port; Kafka needs both
-            self._controller = free_port()
+        # Three distinct ports: two probes can return the same free port, and Kafka needs all three.
+        while len({self.port, self._controller, self.secure_port}) < 3:
+            self._controller, self.secure_port = free_port(), free_port()
         try:
             self.start()
         except BaseException:
@@ -185,7 +203,14 @@ class ApacheKafka:
         script = ROOT / "scripts" / "kafka" / "kraft.sh"
         if self._log is None:
             self._log = (self.workdir / "kraft.out").open("ab")
-        env = {**os.environ, "CONTROLLER_PORT": str(self._controller)}
+        env = {
+            **os.environ,
+            "CONTROLLER_PORT": str(self._controller),
+            "SECURE_PORT": str(self.secure_port),
+            "TLS_DIR": str(self.pki.ca.parent),
+            "SASL_USER": SASL_USER,
+            "SASL_PASSWORD": SASL_PASSWORD,
+        }
         self._proc = subprocess.Popen(
             [str(script), "start", str(self.port), str(self.workdir / "node")],
             stdout=self._log,

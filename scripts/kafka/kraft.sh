@@ -10,6 +10,11 @@
 #                               (default PORT+1). Logs go to DATADIR/logs, data to DATADIR/data.
 # Env: CONTROLLER_PORT, KAFKA_HEAP_OPTS (default -Xmx512m -Xms512m), KAFKA_LOG_LEVEL (default INFO),
 #      KAFKA_OPTS (extra JVM flags). A restart on the same DATADIR must use the same ports.
+#      SECURE_PORT adds a SASL_SSL://127.0.0.1:SECURE_PORT listener: TLS with PEM files from TLS_DIR
+#      (broker.pem: the broker's key and certificate chain; ca.pem: the CA it trusts for client
+#      certificates, which it requires), SASL PLAIN, SCRAM-SHA-256/512 (the user SASL_USER with
+#      SASL_PASSWORD, SCRAM credentials added when DATADIR is formatted) and OAUTHBEARER (Kafka's unsecured
+#      JWT validator: for tests, never for production).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,12 +35,20 @@ start() {
   mkdir -p "$2/data" "$2/logs"
   dir=$(cd "$2" && pwd)
   fetch
+  local listeners="PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT" scram=()
+  if [[ -n ${SECURE_PORT:-} ]]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$SECURE_PORT"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+    scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
+      --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+  fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners
+advertised.listeners=$listeners
+listener.security.protocol.map=$protocols
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 controller.quorum.bootstrap.servers=127.0.0.1:$cport
@@ -49,6 +62,22 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 EOF
+  if [[ -n ${SECURE_PORT:-} ]]; then
+    local l=listener.name.sasl_ssl
+    cat >>"$dir/server.properties" <<EOF
+$l.ssl.keystore.type=PEM
+$l.ssl.keystore.location=$TLS_DIR/broker.pem
+$l.ssl.truststore.type=PEM
+$l.ssl.truststore.location=$TLS_DIR/ca.pem
+$l.ssl.client.auth=required
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+$l.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+$l.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+$l.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+$l.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+$l.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
+EOF
+  fi
   # log4j2: everything at $KAFKA_LOG_LEVEL to DATADIR/logs/server.log, only ERROR to stderr.
   cat >"$dir/log4j2.properties" <<EOF
 status = warn
@@ -76,7 +105,7 @@ EOF
     # Random cluster id: Kafka's Uuid is 16 random bytes, url-safe base64 without padding.
     local cid; cid=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
     "${java[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
-      --cluster-id "$cid" --config "$dir/server.properties" >>"$dir/logs/format.log"
+      --cluster-id "$cid" --config "$dir/server.properties" "${scram[@]}" >>"$dir/logs/format.log"
   fi
   exec "${java[@]}" kafka.Kafka "$dir/server.properties"
 }

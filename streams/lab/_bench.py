@@ -190,8 +190,10 @@ async def _drain_round(
     pid = stack.worker.pid
     killed: set[str] = set()
     async with (
-        TopicReader(stack.bootstrap, stack.topics["control"]) as control,
-        RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer,
+        TopicReader(stack.bootstrap, stack.topics["control"], security=stack.security) as control,
+        RecordProducer(
+            stack.bootstrap, security=stack.security, idempotent=stack.idempotent, linger_ms=5
+        ) as producer,
     ):
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -227,8 +229,12 @@ async def _peer_rate(
 ) -> float:
     """The same records on a topic of their own, drained by a peer process (streams/lab/_peers.py)."""
     topic = f"{stack.topics['events']}.peer-{peer}-{uuid.uuid4().hex[:6]}"
-    await ensure_topics(stack.bootstrap, [TopicSpec(topic, partitions, 1, 3_600_000)])
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+    await ensure_topics(
+        stack.bootstrap, [TopicSpec(topic, partitions, 1, 3_600_000)], security=stack.security
+    )
+    async with RecordProducer(
+        stack.bootstrap, security=stack.security, idempotent=stack.idempotent, linger_ms=5
+    ) as producer:
         for key, value in records:
             await producer.send(topic, key, value)
         await producer.flush()
@@ -264,7 +270,9 @@ async def _background(stack: LocalStack, rate: int, stop: asyncio.Event) -> int:
     sent = 0
     batch_id = uuid.uuid4().hex[:6]
     templates = [(f"bg-{batch_id}-{s}", _session_events(f"bg-{batch_id}-{s}", 1, 400)) for s in range(500)]
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=2) as producer:
+    async with RecordProducer(
+        stack.bootstrap, security=stack.security, idempotent=stack.idempotent, linger_ms=2
+    ) as producer:
         started = time.perf_counter()
         while not stop.is_set():
             sid, values = templates[sent % len(templates)]

@@ -186,7 +186,9 @@ def _moved_to_now(events: list[AgentEvent], now_ms: int) -> list[AgentEvent]:
 
 async def publish_recorded(stack: LocalStack, recorded: list[Recorded]) -> None:
     now = wall_clock()
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+    async with RecordProducer(
+        stack.bootstrap, security=stack.security, idempotent=stack.idempotent
+    ) as producer:
         sent = []
         for scenario in recorded:
             for event in _moved_to_now(scenario.events, now):
@@ -216,7 +218,7 @@ async def collect_verdicts(
                 say(f"{found.scenario.name}: {alert.action} by {alert.detector}: {alert.reason}")
 
     deadline = time.monotonic() + _VERDICT_DEADLINE_S
-    async with TopicReader(stack.bootstrap, stack.topics["alerts"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["alerts"], security=stack.security) as reader:
         while time.monotonic() < deadline:
             take(await reader.read(), tell=True)
             if all(o.met for o in outcomes):

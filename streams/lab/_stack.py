@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Self
 
-from agents_contract import AgentGuard
+from agents_contract import AgentGuard, KafkaSecurity
 from detectors import DetectorSettings, wall_clock
 from streams._config import load_settings
 from streams._kafka import consumer_lag, ensure_topics, topic_specs, wait_for_broker
@@ -46,7 +46,11 @@ class LocalStack:
         sinks: dict[str, Any] | None = None,
         create_topics: bool = True,
         worker_args: tuple[str, ...] = (),
+        kafka_security: dict[str, Any] | None = None,
     ) -> None:
+        # The `kafka.security` section for the worker and for every client the stack builds.
+        self._kafka_security = kafka_security or {}
+        self.security = KafkaSecurity.model_validate(self._kafka_security)
         # False leaves every topic to the worker's own start (as on a broker it has never seen).
         self._create_topics = create_topics
         self._worker_args = worker_args
@@ -98,7 +102,11 @@ class LocalStack:
     def settings_dict(self) -> dict[str, Any]:
         return {
             "signing_key": self.signing_key,
-            "kafka": {"bootstrap": self.bootstrap, "idempotent_producer": self.idempotent},
+            "kafka": {
+                "bootstrap": self.bootstrap,
+                "idempotent_producer": self.idempotent,
+                "security": self._kafka_security,
+            },
             "redis": {"url": self.redis_url},
             "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,
@@ -127,9 +135,9 @@ class LocalStack:
                 self._redis_url = self._redis.url
             config = write_config(self.workdir / "tripwire.yaml", self.settings_dict())
             settings = load_settings(config)
-            await wait_for_broker(self.bootstrap)
+            await wait_for_broker(self.bootstrap, security=self.security)
             if self._create_topics:
-                await ensure_topics(self.bootstrap, topic_specs(settings))
+                await ensure_topics(self.bootstrap, topic_specs(settings), security=self.security)
             await self.start_worker()
         except BaseException:
             await self.__aexit__()
@@ -154,7 +162,11 @@ class LocalStack:
         """Return once the worker has judged and committed every event produced so far."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while (lag := await consumer_lag(self.bootstrap, self.app_id, self.topics["events"])) > 0:
+        while (
+            lag := await consumer_lag(
+                self.bootstrap, self.app_id, self.topics["events"], security=self.security
+            )
+        ) > 0:
             if loop.time() > deadline:
                 raise TimeoutError(f"worker {self.app_id} still {lag} events behind after {timeout_s:g}s")
             await asyncio.sleep(0.1)
@@ -168,10 +180,11 @@ class LocalStack:
             "idempotent": self.idempotent,
             "events_topic": self.topics["events"],
             "control_topic": self.topics["control"],
+            "kafka_security": self.security,
         }
 
     def guard(self, **options: Any) -> AgentGuard:
-        return AgentGuard(**self.guard_settings(), **options)
+        return AgentGuard(**{**self.guard_settings(), **options})
 
     async def __aexit__(self, *exc: object) -> None:
         if self.worker is not None:

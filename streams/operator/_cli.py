@@ -176,7 +176,10 @@ def _config_check(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     d, t = settings.detectors, settings.topics
     print(f"{args.file}: valid")
-    print(f"  kafka {settings.kafka.bootstrap}, redis {redacted_url(settings.redis.url)}")
+    print(
+        f"  kafka {settings.kafka.bootstrap} ({settings.kafka.security.describe()}), "
+        f"redis {redacted_url(settings.redis.url)}"
+    )
     print(
         f"  topics {t.events} / {t.control} / {t.alerts} / {t.dlq}: "
         f"{t.partitions} partitions, replication {t.replication}"
@@ -210,8 +213,10 @@ def _topics_create(args: argparse.Namespace) -> int:
 
 
 async def _create(settings: Settings) -> list:  # type: ignore[type-arg]
-    await wait_for_broker(settings.kafka.bootstrap)
-    return await ensure_topics(settings.kafka.bootstrap, topic_specs(settings))
+    await wait_for_broker(settings.kafka.bootstrap, security=settings.kafka.security)
+    return await ensure_topics(
+        settings.kafka.bootstrap, topic_specs(settings), security=settings.kafka.security
+    )
 
 
 def _worker(args: argparse.Namespace) -> int:

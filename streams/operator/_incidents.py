@@ -77,7 +77,9 @@ def group_incidents(alerts: list[Alert]) -> list[Incident]:
 
 async def read_incidents(settings: Settings) -> list[Incident]:
     alerts: list[Alert] = []
-    async with TopicReader(settings.kafka.bootstrap, settings.topics.alerts) as reader:
+    async with TopicReader(
+        settings.kafka.bootstrap, settings.topics.alerts, security=settings.kafka.security
+    ) as reader:
         await reader.mark_end()
         while not await reader.caught_up():
             for _, value, _ in await reader.read():
@@ -91,7 +93,11 @@ async def read_incidents(settings: Settings) -> list[Incident]:
 async def session_timeline(settings: Settings, incident: Incident) -> list[AgentEvent]:
     since = (incident.kill.event_time_ms or incident.opened_ms) - LOOKBACK_MS
     raw = await session_records(
-        settings.kafka.bootstrap, settings.topics.events, incident.kill.session_id, since_ms=since
+        settings.kafka.bootstrap,
+        settings.topics.events,
+        incident.kill.session_id,
+        since_ms=since,
+        security=settings.kafka.security,
     )
     events: list[AgentEvent] = []
     for value in raw:

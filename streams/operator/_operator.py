@@ -68,7 +68,11 @@ async def manual_kill(
     finally:
         await fence.close()
     key = session_id.encode()
-    async with RecordProducer(settings.kafka.bootstrap, idempotent=settings.kafka.idempotent_producer) as out:
+    async with RecordProducer(
+        settings.kafka.bootstrap,
+        idempotent=settings.kafka.idempotent_producer,
+        security=settings.kafka.security,
+    ) as out:
         sends = [await out.send(settings.topics.control, key, encode_command(in_force))]
         if issued:
             sends.append(await out.send(settings.topics.alerts, key, _alert(command).to_bytes()))
@@ -81,7 +85,11 @@ async def release(settings: Settings, session_id: str) -> KillCommand | None:
     """Clear a session's fence, so that an agent may attach to it again; returns the kill it held."""
     # A tombstone on the control topic first: a worker that rebuilds a lost fence from the topic must not
     # bring this kill back.
-    async with RecordProducer(settings.kafka.bootstrap, idempotent=settings.kafka.idempotent_producer) as out:
+    async with RecordProducer(
+        settings.kafka.bootstrap,
+        idempotent=settings.kafka.idempotent_producer,
+        security=settings.kafka.security,
+    ) as out:
         await (await out.send(settings.topics.control, session_id.encode(), None))
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
     try:
@@ -118,7 +126,9 @@ async def tail(settings: Settings, which: TailTopic, *, follow: bool) -> AsyncIt
     """The topic's records from the beginning as dicts; without `follow`, stops at the end as of the call."""
     topic = {"control": settings.topics.control, "alerts": settings.topics.alerts, "dlq": settings.topics.dlq}
     signer = CommandSigner(settings.signing_key)
-    async with TopicReader(settings.kafka.bootstrap, topic[which]) as reader:
+    async with TopicReader(
+        settings.kafka.bootstrap, topic[which], security=settings.kafka.security
+    ) as reader:
         await reader.mark_end()
         while follow or not await reader.caught_up():
             for key, value, headers in await reader.read(timeout_ms=200):

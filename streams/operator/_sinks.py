@@ -43,7 +43,9 @@ async def run_sinks(settings: Settings, *, stop: asyncio.Event | None = None) ->
     ledger = RedisLedger(settings.redis.url)
     try:
         async with RecordProducer(
-            settings.kafka.bootstrap, idempotent=settings.kafka.idempotent_producer
+            settings.kafka.bootstrap,
+            idempotent=settings.kafka.idempotent_producer,
+            security=settings.kafka.security,
         ) as dead_letters:
             await asyncio.gather(
                 *(_run_one(settings, target, transport, ledger, dead_letters, stop) for target in targets)
@@ -70,7 +72,9 @@ async def _run_one(
         max_pages_per_incident_per_hour=d.max_pages_per_incident_per_hour,
     )
     topic = settings.topics.alerts
-    async with GroupReader(settings.kafka.bootstrap, topic, sink_group(settings, target.name)) as reader:
+    async with GroupReader(
+        settings.kafka.bootstrap, topic, sink_group(settings, target.name), security=settings.kafka.security
+    ) as reader:
         log.info("sink %s (%s) reading %s", target.name, target.type, topic)
         while not stop.is_set():
             for partition, offset, key, value in await reader.read():

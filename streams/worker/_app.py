@@ -20,7 +20,7 @@ from typing import Any
 import faust
 import orjson
 
-from agents_contract import CommandSigner, Fence, FenceError
+from agents_contract import CommandSigner, Fence, FenceError, KafkaSecurity
 from detectors import SessionState, wall_clock
 from streams._config import Settings
 from streams._kafka import changelog_topic
@@ -51,6 +51,25 @@ def _broker_urls(bootstrap: str) -> list[str]:
     return [f"{seam.SCHEME}://{host.strip()}" for host in bootstrap.split(",") if host.strip()]
 
 
+def faust_credentials(security: KafkaSecurity) -> Any:
+    """The Faust form of the Kafka security settings (Faust hands them to its consumer, producer and admin
+    client); None for PLAINTEXT."""
+    if security.protocol == "PLAINTEXT":
+        return None
+    context = security.ssl_context() if security.protocol in ("SSL", "SASL_SSL") else None
+    if security.protocol == "SSL":
+        return faust.SSLCredentials(context)
+    options = security.client_options()
+    if security.sasl_mechanism == "OAUTHBEARER":
+        return faust.OAuthCredentials(oauth_cb=options["sasl_oauth_token_provider"], ssl_context=context)
+    return faust.SASLCredentials(
+        username=options["sasl_plain_username"],
+        password=options["sasl_plain_password"],
+        ssl_context=context,
+        mechanism=security.sasl_mechanism,
+    )
+
+
 def _datadir(app_id: str, process: int | None) -> Path:
     # Faust makes the app's own directory but not its parents; tables live in memory and their changelogs,
     # and the directory would otherwise be made in the working directory.
@@ -67,6 +86,7 @@ def _faust_app(settings: Settings, app_id: str, *, process: int | None) -> faust
         app_id,
         broker=_broker_urls(settings.kafka.bootstrap),
         broker_client_id=settings.kafka.client_id,
+        broker_credentials=faust_credentials(settings.kafka.security),
         store=f"{restore.SCHEME}://",
         datadir=str(_datadir(app_id, process)),
         web_enabled=False,
@@ -86,7 +106,10 @@ def _faust_app(settings: Settings, app_id: str, *, process: int | None) -> faust
     app.conf.tripwire_fetch_max_wait_ms = conf.fetch_max_wait_ms
     # For the tables' bulk restore, which reads their changelogs with a plain consumer of its own.
     app.conf.tripwire_bootstrap = settings.kafka.bootstrap
-    app.conf.tripwire_kafka_options = {"client_id": f"{settings.kafka.client_id}-restore"}
+    app.conf.tripwire_kafka_options = {
+        "client_id": f"{settings.kafka.client_id}-restore",
+        **settings.kafka.security.client_options(),
+    }
     instance = conf.instance_id
     if instance is not None and process is not None:
         instance = f"{instance}.{process}"

@@ -18,6 +18,7 @@ from typing import Final
 from prometheus_client import Counter, Gauge
 
 from agents_contract import ContractError, Fence, FenceError, KillCommand, parse_command
+from agents_contract._security import PLAINTEXT, KafkaSecurity
 from sinks import Alert
 from streams._config import redacted_url
 
@@ -96,7 +97,9 @@ class FenceKeeper:
         FENCE_PENDING.set(0)
         await self._came_back(fenced)
 
-    async def rebuild_if_lost(self, bootstrap: str, control_topic: str) -> int:
+    async def rebuild_if_lost(
+        self, bootstrap: str, control_topic: str, *, security: KafkaSecurity = PLAINTEXT
+    ) -> int:
         """When Redis has lost the fence (restarted without persistence, failed over to an empty replica),
         put back every kill of the control topic that is still in force: the last record per session,
         unless a `tripwire release` tombstone followed it, younger than the fence's TTL. Returns how many
@@ -106,7 +109,7 @@ class FenceKeeper:
             if await asyncio.wait_for(fence.intact(), timeout=_WRITE_TIMEOUT_S):
                 return 0
             now = self._clock()
-            kills = await read_kills(bootstrap, control_topic)
+            kills = await read_kills(bootstrap, control_topic, security=security)
             ttl_ms = fence.ttl_s * 1000
             live = [
                 (command, (ttl_ms - (now - command.issued_at_ms)) // 1000)
@@ -195,13 +198,15 @@ class FenceKeeper:
             log.error("could not send the fence alert: %r", exc)
 
 
-async def read_kills(bootstrap: str, control_topic: str) -> dict[str, KillCommand]:
+async def read_kills(
+    bootstrap: str, control_topic: str, *, security: KafkaSecurity = PLAINTEXT
+) -> dict[str, KillCommand]:
     """The session kills in force on the control topic: per session its last record, none where that is a
     release tombstone or not a command."""
     from streams import TopicReader
 
     kills: dict[str, KillCommand] = {}
-    async with TopicReader(bootstrap, control_topic) as reader:
+    async with TopicReader(bootstrap, control_topic, security=security) as reader:
         await reader.mark_end()
         while not await reader.caught_up():
             for key, value, _ in await reader.read(timeout_ms=200):

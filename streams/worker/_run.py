@@ -30,7 +30,7 @@ log = logging.getLogger("tripwire.worker")
 
 async def prepare(settings: Settings) -> None:
     """Wait for Kafka and Redis, then create the topics: what a worker does before it joins the group."""
-    await wait_for_broker(settings.kafka.bootstrap)
+    await wait_for_broker(settings.kafka.bootstrap, security=settings.kafka.security)
     fence = Fence(settings.redis.url)
     try:
         await fence.ping()
@@ -38,7 +38,9 @@ async def prepare(settings: Settings) -> None:
         raise ConfigError(f"redis.url: cannot reach {settings.redis.url}: {exc}") from None
     finally:
         await fence.close()
-    for outcome in await ensure_topics(settings.kafka.bootstrap, topic_specs(settings)):
+    for outcome in await ensure_topics(
+        settings.kafka.bootstrap, topic_specs(settings), security=settings.kafka.security
+    ):
         logging.getLogger("tripwire.topics").info(
             "topic %s: %s (%d partitions)",
             outcome.spec.name,

@@ -100,7 +100,10 @@ class Upkeep:
         await self._judge.fencing.retry()
 
     async def rebuild_lost_fence(self) -> None:
-        await self._judge.fencing.rebuild_if_lost(self.settings.kafka.bootstrap, self.settings.topics.control)
+        kafka = self.settings.kafka
+        await self._judge.fencing.rebuild_if_lost(
+            kafka.bootstrap, self.settings.topics.control, security=kafka.security
+        )
 
     async def checkpoint_when_due(self) -> None:
         # A quiet worker still checkpoints what its last batches changed, so their offsets get committed.

@@ -6,8 +6,6 @@ same users are tested on a plain port."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import shutil
 import subprocess
 import tempfile
@@ -15,14 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from agents_contract import CommandSigner, Fence, KillCommand
 from streams import free_port
 from streams.lab._embedded import _valkey_binary, _wait_for_port
+from tests._tls import make_pki
 from tests.conftest import redis_binary
 
 pytestmark = pytest.mark.integration
@@ -32,48 +27,6 @@ AGENT_ACL = (
     "+get +mget +ping +exists +hello"
 )
 WORKER_ACL = "user worker on >worker-pw ~* &* +@all"
-
-
-def _certificates(where: Path) -> None:
-    """A CA, and a certificate for 127.0.0.1 and localhost signed by it (PEM files in `where`)."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tripwire test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (where / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (where / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (where / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
 
 
 def _server(binary: str, where: Path, *, tls: bool) -> tuple[subprocess.Popen[bytes], int]:
@@ -117,7 +70,7 @@ def acl_redis() -> Iterator[tuple[str, bool]]:
     """(host:port/db and the query that trusts the test CA, whether the server speaks TLS)."""
     binary = redis_binary()
     where = Path(tempfile.mkdtemp(prefix="tripwire-redis-acl-"))
-    _certificates(where)
+    make_pki(where)
     tls = binary is not None  # Debian's redis-server has TLS; the embedded Valkey has not
     proc, port = _server(binary or _valkey_binary(), where, tls=tls)
     try:

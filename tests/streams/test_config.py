@@ -8,6 +8,7 @@ import pytest
 
 from streams import ConfigError, load_settings
 from streams.operator._cli import main
+from tests._tls import make_pki
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -183,3 +184,55 @@ def test_config_check_and_its_errors_never_show_a_password(
     assert "redis.url: 'http://***@redis.example/0' is not allowed" in err
     assert "sinks.slakc: unknown key" in err
     assert "hunter2" not in out + err
+
+
+PASSWORD = "kafka-pw-never-shown-91c2"
+
+
+def test_kafka_security_from_file_and_environment_never_shows_the_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = make_pki(tmp_path / "tls").ca
+    path = tmp_path / "tripwire.yaml"
+    path.write_text(
+        f"signing_key: {KEY}\nkafka:\n  bootstrap: b-1.example:9096\n  security:\n"
+        f"    protocol: SASL_SSL\n    sasl_mechanism: SCRAM-SHA-512\n    username: tripwire\n"
+        f"    ca_file: {ca}\n"
+    )
+    monkeypatch.setenv("TRIPWIRE_KAFKA__SECURITY__PASSWORD", PASSWORD)
+    security = load_settings(path).kafka.security
+    options = security.client_options()
+    assert options["sasl_plain_password"] == PASSWORD  # handed to the client, and only there
+    assert (options["security_protocol"], options["sasl_mechanism"]) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert PASSWORD not in repr(security)
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "SASL_SSL, SASL SCRAM-SHA-512 as tripwire" in out
+    assert PASSWORD not in out
+
+
+@pytest.mark.parametrize(
+    ("security", "named"),
+    [
+        ({"protocol": "SASL_SSL"}, "needs sasl_mechanism"),
+        ({"protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "username": "u"}, "needs username and password"),
+        ({"protocol": "PLAINTEXT", "username": "u", "password": PASSWORD}, "need protocol SASL_SSL"),
+        ({"protocol": "SSL", "cert_file": "/nonexistent/client.pem"}, "go together"),
+        ({"protocol": "SSL", "ca_file": "/nonexistent/ca.pem"}, "is not a readable file"),
+        (
+            {"protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER", "token_provider": "no_such_mod:make"},
+            "cannot be imported",
+        ),
+        ({"protocol": "SASL_SSL", "sasl_mechanism": "OAUTHBEARER"}, "needs token_provider"),
+        ({"protocol": "TLS"}, "kafka.security.protocol"),
+        ({"protocol": "SSL", "ca_file": __file__}, "do not load"),
+    ],
+)
+def test_bad_kafka_security_fails_at_start_naming_the_key(
+    tmp_path: Path, security: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings(signing_key=KEY, kafka={"security": security})
+    assert "kafka.security" in str(bad.value)
+    assert named in str(bad.value)
+    assert PASSWORD not in str(bad.value)
