@@ -72,6 +72,8 @@ class Observation:
 # The pseudo event kind under which the suite keeps the timed detectors of a detector set.
 _TIMER = "<timer>"
 
+_MEMO_MAX = 65_536
+
 _DUPLICATE = Observation(duplicate=True, verdicts=[])
 _QUIET = Observation(duplicate=False, verdicts=[])
 
@@ -102,6 +104,10 @@ class DetectorSuite:
         # Per detector set (by identity; the policy hands out the same few tuples) and event kind, the
         # detectors that observe that kind: most observe one or two of the twelve kinds.
         self._by_kind: dict[int, tuple[DetectorSet, dict[str, DetectorSet]]] = {}
+        # The same by (tenant, agent, kind), the question every event asks: one dict lookup instead of the
+        # policy's layers and the lookup above. The policy is fixed for the suite's life (a config reload
+        # builds a new suite); the memo is bounded, and starts over when full.
+        self._chosen: dict[tuple[str, str, str], DetectorSet] = {}
 
     def _for_kind(self, detectors: DetectorSet, kind: str) -> DetectorSet:
         entry = self._by_kind.get(id(detectors))
@@ -138,7 +144,13 @@ class DetectorSuite:
         if state.killed_by is not None:
             return _QUIET
         verdicts: list[Verdict] = []
-        for armed in self._for_kind(self._policy(state.tenant_id, event.agent_id), event.kind):
+        memo = (state.tenant_id, event.agent_id, event.kind)
+        chosen = self._chosen.get(memo)
+        if chosen is None:
+            if len(self._chosen) >= _MEMO_MAX:
+                self._chosen.clear()
+            chosen = self._chosen[memo] = self._for_kind(self._policy(memo[0], memo[1]), memo[2])
+        for armed in chosen:
             verdict = armed.detector.observe(state, event, now_ms)
             if verdict is not None and (given := self._give(state, verdict, armed.mode)) is not None:
                 verdicts.append(given)

@@ -20,11 +20,24 @@ _PACKED = "~"  # not a character of event ids (agents_contract's id pattern), so
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
+# The last id packed and its packing: several detectors pack the id of the event they all observe.
+_last: tuple[str, str] = ("", "")
+
+
 def packed_id(event_id: str) -> str:
     """An event id as windows keep it: the SDK's ids (32 lowercase hex digits) in 23 characters instead of
     32, any other id as it is. `unpacked_ids` gives them back."""
+    global _last
     if len(event_id) != 32:
         return event_id
+    if _last[0] == event_id:
+        return _last[1]
+    packed = _pack(event_id)
+    _last = (event_id, packed)
+    return packed
+
+
+def _pack(event_id: str) -> str:
     try:
         raw = bytes.fromhex(event_id)
     except ValueError:
@@ -69,6 +82,9 @@ def tally(buckets: list[list[Any]], start: int, *amounts: float) -> None:
         at -= 1
     if at and buckets[at - 1][0] == start:
         bucket = buckets[at - 1]
+        if len(amounts) == 1:  # the usual case (spend), without the loop
+            bucket[1] = round(bucket[1] + amounts[0], 6)
+            return
         for i, amount in enumerate(amounts, 1):
             bucket[i] = round(bucket[i] + amount, 6)
         return
