@@ -98,6 +98,9 @@ def _key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 SASL_USER = "tripwire"
 SASL_PASSWORD = "sasl-test-secret-7f3a"
+# A user that may do only what a Kafka ACL allows it (SASL_USER is a super user of the test broker).
+AGENT_USER = "agent"
+AGENT_PASSWORD = "agent-test-secret-2b9e"
 
 
 class UnsecuredToken(AbstractTokenProvider):
@@ -133,4 +136,6 @@ def kafka_security(pki: Pki, mechanism: str, **changes: object) -> dict[str, obj
         settings["token_provider"] = "tests._tls:unsecured_token"
     else:
         settings |= {"username": SASL_USER, "password": SASL_PASSWORD}
+        if changes.get("username") == AGENT_USER:
+            settings["password"] = AGENT_PASSWORD
     return {**settings, **changes}

@@ -23,7 +23,7 @@ from typing import BinaryIO
 import pytest
 
 from streams import EmbeddedKafka, EmbeddedRedis, free_port
-from tests._tls import SASL_PASSWORD, SASL_USER, make_pki
+from tests._tls import AGENT_PASSWORD, AGENT_USER, SASL_PASSWORD, SASL_USER, make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("TRIPWIRE_TEST_BROKER", "embedded")
@@ -208,8 +208,8 @@ class ApacheKafka:
             "CONTROLLER_PORT": str(self._controller),
             "SECURE_PORT": str(self.secure_port),
             "TLS_DIR": str(self.pki.ca.parent),
-            "SASL_USER": SASL_USER,
-            "SASL_PASSWORD": SASL_PASSWORD,
+            "SASL_USERS": f"{SASL_USER}:{SASL_PASSWORD} {AGENT_USER}:{AGENT_PASSWORD}",
+            "SUPER_USERS": f"User:{SASL_USER}",
         }
         self._proc = subprocess.Popen(
             [str(script), "start", str(self.port), str(self.workdir / "node")],
@@ -219,6 +219,18 @@ class ApacheKafka:
             start_new_session=True,
         )
         asyncio.run(self._wait_up(timeout_s=120))
+
+    def allow(self, principal: str, *acl: str) -> None:
+        """Add ACLs with Kafka's own tool over the PLAINTEXT listener (a super user there): `acl` is
+        AclCommand's arguments after `--allow-principal`, e.g. `--operation`, `Write`, `--topic`, `t`."""
+        lib = ROOT / "scripts" / "kafka" / "target" / "lib"
+        subprocess.run(
+            ["java", "-cp", f"{lib}/*", "org.apache.kafka.tools.AclCommand", "--bootstrap-server",
+             self.bootstrap, "--add", "--allow-principal", principal, *acl],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )  # fmt: skip
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

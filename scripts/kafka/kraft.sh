@@ -12,9 +12,11 @@
 #      KAFKA_OPTS (extra JVM flags). A restart on the same DATADIR must use the same ports.
 #      SECURE_PORT adds a SASL_SSL://127.0.0.1:SECURE_PORT listener: TLS with PEM files from TLS_DIR
 #      (broker.pem: the broker's key and certificate chain; ca.pem: the CA it trusts for client
-#      certificates, which it requires), SASL PLAIN, SCRAM-SHA-256/512 (the user SASL_USER with
-#      SASL_PASSWORD, SCRAM credentials added when DATADIR is formatted) and OAUTHBEARER (Kafka's unsecured
-#      JWT validator: for tests, never for production).
+#      certificates, which it requires), SASL PLAIN, SCRAM-SHA-256/512 (SASL_USERS: "name:password ...",
+#      SCRAM credentials added when DATADIR is formatted) and OAUTHBEARER (Kafka's unsecured JWT
+#      validator: for tests, never for production). With it come Kafka's ACLs (StandardAuthorizer): the
+#      PLAINTEXT listener's clients (User:ANONYMOUS) and SUPER_USERS ("User:a;User:b") may do anything,
+#      every other SASL user only what an ACL allows.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,8 +42,12 @@ start() {
   if [[ -n ${SECURE_PORT:-} ]]; then
     listeners="$listeners,SASL_SSL://127.0.0.1:$SECURE_PORT"
     protocols="$protocols,SASL_SSL:SASL_SSL"
-    scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]"
-      --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    local user plain=""
+    for user in $SASL_USERS; do
+      scram+=(--add-scram "SCRAM-SHA-256=[name=${user%%:*},password=${user#*:}]"
+        --add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+      plain="$plain user_${user%%:*}=\"${user#*:}\""
+    done
   fi
   cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
@@ -72,9 +78,11 @@ $l.ssl.truststore.location=$TLS_DIR/ca.pem
 $l.ssl.client.auth=required
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
 $l.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
-$l.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+$l.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required$plain;
 $l.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 $l.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;${SUPER_USERS:-}
 $l.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";
 EOF
   fi

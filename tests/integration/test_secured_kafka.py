@@ -16,13 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
 
 from agents_contract import GuardedSession, KafkaSecurity, SessionKilled
-from streams import wait_for_broker
+from streams import RecordProducer, wait_for_broker
 from streams._config import load_settings
 from streams.lab._stack import LocalStack, budget_only
 from streams.operator._sinks import run_sinks
-from tests._tls import SASL_PASSWORD, kafka_security
+from tests._tls import AGENT_USER, SASL_PASSWORD, kafka_security
 from tests.conftest import ROOT, ApacheKafka, Broker
 from tests.sinks.receivers import Receivers
 
@@ -125,6 +126,44 @@ async def test_the_whole_loop_runs_on_a_sasl_ssl_cluster(
             assert SASL_PASSWORD not in log
     finally:
         await receivers.stop()
+
+
+def agent_acls(topics: dict[str, str]) -> list[list[str]]:
+    """The README's Kafka ACLs for agents: write events, read control; nothing else."""
+    return [
+        ["--operation", "Write", "--operation", "Describe", "--topic", topics["events"]],
+        ["--operation", "Read", "--operation", "Describe", "--topic", topics["control"]],
+    ]
+
+
+async def test_agents_under_the_readme_acls_are_killed_and_cannot_forge(
+    kafka: ApacheKafka, redis_url: str
+) -> None:
+    """The worker as a super user, the agent as a user with only the README's ACLs: the agent's events
+    get it killed, and it cannot write a kill, a stage record or a stage verdict itself."""
+    async with LocalStack(
+        bootstrap=kafka.secure_bootstrap,
+        redis_url=redis_url,
+        detectors=budget_only(max_steps=5),
+        kafka_security=kafka_security(kafka.pki, "SCRAM-SHA-512"),
+        private_topics=True,
+    ) as stack:
+        for acl in agent_acls(stack.topics):
+            await asyncio.to_thread(kafka.allow, f"User:{AGENT_USER}", *acl)
+        agent = KafkaSecurity.model_validate(kafka_security(kafka.pki, "SCRAM-SHA-256", username=AGENT_USER))
+        async with (
+            stack.guard(kafka_security=agent) as guard,
+            guard.session("s-acl", agent_id="a1", tenant_id="t", user_id="u") as session,
+        ):
+            with pytest.raises(SessionKilled):
+                await session.run(runaway(session))
+        assert guard.health.broker_reachable
+        async with RecordProducer(stack.bootstrap, idempotent=True, security=agent) as producer:
+            for internal in ("control", "stages", "verdicts"):
+                with pytest.raises(TopicAuthorizationFailedError):
+                    await asyncio.wait_for(
+                        await producer.send(stack.topics[internal], b"s-acl", b"{}"), timeout=DEADLINE_S
+                    )
 
 
 @pytest.mark.parametrize(
