@@ -9,6 +9,7 @@ from agents_contract._commands import (
     CommandSigner,
     KillCommand,
     encode_command,
+    generate_keypair,
     kill_command_id,
     parse_command,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "encode_event",
     "event_json_schema",
     "fingerprints",
+    "generate_keypair",
     "kill_command_id",
     "parse_command",
     "parse_event",

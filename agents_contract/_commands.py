@@ -1,24 +1,38 @@
 """Control commands and their signatures: what the worker sends on `agent.control` and how agents trust it.
 
 A kill is only as good as the agent's reason to believe it, and the control topic is writable by anything
-that can reach the broker. So every command carries an HMAC-SHA256 over its canonical JSON (sorted keys, the
-signature left out) under a key shared by the workers and the agents; an agent drops anything that does not
-verify. Command ids are derived from what caused the kill, so a worker that reprocesses events after a crash
+that can reach the broker. So every command carries a signature over its canonical JSON (sorted keys, the
+signature left out), and an agent drops anything that does not verify. Two schemes:
+
+- Ed25519 (`ed25519:` and the 64-byte signature in URL-safe base64): the workers sign with a private key
+  that only they hold, agents verify with the public key, so nothing an agent process holds can sign a kill
+  or a tool-circuit command. Set `commands.private_key` on the workers and `verify_key=` in the SDK.
+- HMAC-SHA256 under a key shared by the workers and the agents (`signing_key`): the first release's scheme,
+  kept readable for one release. While `commands.hmac_compat` is on, a worker with a private key sends each
+  command twice, Ed25519- and HMAC-signed, so agents not yet given the public key still obey it; an agent
+  given the public key and no shared key accepts only Ed25519.
+
+Command ids are derived from what caused the kill, so a worker that reprocesses events after a crash
 re-sends the same command and the agent treats it as the one it already obeyed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from typing import Annotated, Any, Final, Literal
 
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from agents_contract._events import ContractError, _describe
 
 MIN_KEY_BYTES: Final = 16
+ED25519: Final = "ed25519:"
 
 Scope = Literal["session", "agent", "tenant", "tool"]
 _Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -52,24 +66,108 @@ def kill_command_id(session_id: str, detector: str) -> str:
 
 
 class CommandSigner:
-    """Signs and verifies control commands with one shared key."""
+    """Signs and verifies control commands: Ed25519 when given a key pair's private half (signing) or public
+    half (verifying), HMAC-SHA256 with the shared `key`, or both while agents move from one to the other."""
 
-    def __init__(self, key: SecretStr | str | bytes) -> None:
-        raw = key.get_secret_value() if isinstance(key, SecretStr) else key
-        material = raw.encode() if isinstance(raw, str) else raw
-        if len(material) < MIN_KEY_BYTES:
-            raise ValueError(f"signing key is {len(material)} bytes; at least {MIN_KEY_BYTES} are required")
-        self._key = material
+    def __init__(
+        self,
+        key: SecretStr | str | bytes | None = None,
+        *,
+        private_key: SecretStr | str | None = None,
+        public_key: str | None = None,
+        accept_hmac: bool = True,
+    ) -> None:
+        self._key: bytes | None = None
+        if key is not None:
+            raw = key.get_secret_value() if isinstance(key, SecretStr) else key
+            material = raw.encode() if isinstance(raw, str) else raw
+            if len(material) < MIN_KEY_BYTES:
+                raise ValueError(
+                    f"signing key is {len(material)} bytes; at least {MIN_KEY_BYTES} are required"
+                )
+            self._key = material
+        self._private: Ed25519PrivateKey | None = None
+        if private_key is not None:
+            secret = private_key.get_secret_value() if isinstance(private_key, SecretStr) else private_key
+            self._private = Ed25519PrivateKey.from_private_bytes(_key_bytes(secret, "private_key"))
+        self._public: Ed25519PublicKey | None = (
+            Ed25519PublicKey.from_public_bytes(_key_bytes(public_key, "verify_key"))
+            if public_key is not None
+            else self._private.public_key()
+            if self._private is not None
+            else None
+        )
+        if self._key is None and self._public is None:
+            raise ValueError("commands need a signing key (HMAC) or an Ed25519 key")
+        # HMAC-signed commands are believed only with the shared key, and only while compatibility is on.
+        self.accept_hmac = accept_hmac and self._key is not None
+
+    @property
+    def ed25519(self) -> bool:
+        """True when this signer verifies Ed25519 signatures (it holds the public or the private key)."""
+        return self._public is not None
+
+    def _body(self, command: KillCommand) -> bytes:
+        return orjson.dumps(_wire(command, exclude={"signature"}), option=orjson.OPT_SORT_KEYS)
 
     def _mac(self, command: KillCommand) -> str:
-        body = orjson.dumps(_wire(command, exclude={"signature"}), option=orjson.OPT_SORT_KEYS)
-        return hmac.new(self._key, body, hashlib.sha256).hexdigest()
+        assert self._key is not None
+        return hmac.new(self._key, self._body(command), hashlib.sha256).hexdigest()
 
     def sign(self, command: KillCommand) -> KillCommand:
+        """Signed with the private key when there is one, else with the shared key."""
+        if self._private is not None:
+            signature = base64.urlsafe_b64encode(self._private.sign(self._body(command))).rstrip(b"=")
+            return command.model_copy(update={"signature": ED25519 + signature.decode()})
+        if self._key is None:
+            raise ValueError("this signer only verifies (it holds the public key)")
         return command.model_copy(update={"signature": self._mac(command)})
 
+    def variants(self, command: KillCommand) -> list[KillCommand]:
+        """The signed forms of a command to publish: the command as signed, and while HMAC compatibility is
+        on an HMAC-signed copy beside an Ed25519 one (same command id: an agent obeys it once)."""
+        if command.signature.startswith(ED25519) and self.accept_hmac:
+            return [command.model_copy(update={"signature": self._mac(command)}), command]
+        return [command]
+
     def verify(self, command: KillCommand) -> bool:
-        return bool(command.signature) and hmac.compare_digest(command.signature, self._mac(command))
+        signature = command.signature
+        if signature.startswith(ED25519):
+            if self._public is None:
+                return False
+            try:
+                raw = base64.urlsafe_b64decode(signature[len(ED25519) :] + "==")
+                self._public.verify(raw, self._body(command))
+            except (InvalidSignature, binascii.Error, ValueError):
+                return False
+            return True
+        return self.accept_hmac and bool(signature) and hmac.compare_digest(signature, self._mac(command))
+
+
+def generate_keypair() -> tuple[str, str]:
+    """A new Ed25519 key pair as (private, public), each 32 bytes in URL-safe base64: the private key for
+    the workers' `commands.private_key`, the public one for the agents' `verify_key`."""
+    private = Ed25519PrivateKey.generate()
+    return _b64(private.private_bytes_raw()), _b64(private.public_key().public_bytes_raw())
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+_FROM_URLSAFE = str.maketrans("-_", "+/")
+
+
+def _key_bytes(text: str, name: str) -> bytes:
+    padded = text.strip() + "=" * (-len(text.strip()) % 4)
+    try:
+        # Strict: a key with a stray character is a wrong key, not one to be read around it.
+        raw = binascii.a2b_base64(padded.translate(_FROM_URLSAFE).encode(), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} is not URL-safe base64 (use `tripwire keygen`)") from None
+    if len(raw) != 32:
+        raise ValueError(f"{name} decodes to {len(raw)} bytes; an Ed25519 key is 32 (use `tripwire keygen`)")
+    return raw
 
 
 def _wire(command: KillCommand, *, exclude: set[str] | None = None) -> dict[str, Any]:

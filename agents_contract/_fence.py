@@ -17,9 +17,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agents_contract._commands import KillCommand, encode_command, parse_command
+from agents_contract._commands import ED25519, KillCommand, encode_command, parse_command
 
 _PREFIX: Final = "tripwire:fence:session:"
+# Ed25519-signed kills, beside the HMAC-signed ones while agents move over (agents need read on both).
+_ED_PREFIX: Final = "tripwire:fence:ed25519:"
 _READY: Final = "tripwire:worker:ready:"
 # Set by a worker once the fence holds every kill of the control topic; gone when Redis lost its data.
 _INTACT: Final = "tripwire:fence:intact"
@@ -32,7 +34,10 @@ FenceError = RedisError
 class Fence:
     """Killed sessions in Redis, keyed by session_id; the value is the signed kill command."""
 
-    def __init__(self, url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, url: str, *, ttl_s: int = 7 * 24 * 3600, ed25519: bool = False) -> None:
+        # An agent that verifies Ed25519 reads that kill first, and the HMAC one where there is none (a
+        # worker not yet given the private key).
+        self._ed25519 = ed25519
         # A dropped connection (a Redis restart, a failover) is re-made and the command retried a few times
         # with backoff before an error reaches the caller, so a blip is not an outage.
         self._redis = aioredis.Redis.from_url(
@@ -63,21 +68,23 @@ class Fence:
             return set()
         async with self._redis.pipeline(transaction=False) as pipe:
             for command in commands:
-                pipe.set(_PREFIX + command.target, encode_command(command), nx=True, ex=self._ttl_s)
+                pipe.set(_key(command), encode_command(command), nx=True, ex=self._ttl_s)
             written = await pipe.execute()
         return {command.target for command, ok in zip(commands, written, strict=True) if ok}
 
     async def lookup(self, session_id: str) -> KillCommand | None:
-        raw: bytes | str | None = await self._redis.get(_PREFIX + session_id)
-        if raw is None:
-            return None
-        return parse_command(raw if isinstance(raw, bytes) else raw.encode())
+        (found,) = await self.lookup_many([session_id])
+        return found
 
     async def lookup_many(self, session_ids: list[str]) -> list[KillCommand | None]:
         """The kills of these sessions, in their order (None where there is none), in one round trip."""
         if not session_ids:
             return []
-        raws: list[bytes | str | None] = await self._redis.mget([_PREFIX + sid for sid in session_ids])
+        if not self._ed25519:
+            raws: list[bytes | str | None] = await self._redis.mget([_PREFIX + sid for sid in session_ids])
+        else:
+            both = await self._redis.mget([p + sid for sid in session_ids for p in (_ED_PREFIX, _PREFIX)])
+            raws = [ed if ed is not None else mac for ed, mac in zip(both[::2], both[1::2], strict=True)]
         return [
             None if raw is None else parse_command(raw if isinstance(raw, bytes) else raw.encode())
             for raw in raws
@@ -98,7 +105,7 @@ class Fence:
             return 0
         async with self._redis.pipeline(transaction=False) as pipe:
             for command, ttl_s in commands:
-                pipe.set(_PREFIX + command.target, encode_command(command), nx=True, ex=max(1, ttl_s))
+                pipe.set(_key(command), encode_command(command), nx=True, ex=max(1, ttl_s))
             written = await pipe.execute()
         return sum(1 for ok in written if ok)
 
@@ -108,7 +115,7 @@ class Fence:
 
     async def release(self, session_id: str) -> bool:
         """Clear a session's kill; True when there was one."""
-        return bool(await self._redis.delete(_PREFIX + session_id))
+        return bool(await self._redis.delete(_PREFIX + session_id, _ED_PREFIX + session_id))
 
     async def mark_worker_ready(self, app_id: str, at_ms: int) -> None:
         """Record that a worker of `app_id` finished a rebalance and is judging events (a health signal)."""
@@ -117,3 +124,7 @@ class Fence:
     async def worker_ready_at(self, app_id: str) -> int | None:
         raw = await self._redis.get(_READY + app_id)
         return None if raw is None else int(raw)
+
+
+def _key(command: KillCommand) -> str:
+    return (_ED_PREFIX if command.signature.startswith(ED25519) else _PREFIX) + command.target

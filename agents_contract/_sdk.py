@@ -44,7 +44,7 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from agents_contract._circuits import MAX_OPEN_S, ToolCircuitOpen, ToolCircuits
-from agents_contract._commands import CommandSigner, KillCommand, parse_command
+from agents_contract._commands import ED25519, CommandSigner, KillCommand, parse_command
 from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
 from agents_contract._fingerprint import canonical_digest, fingerprints
@@ -416,7 +416,8 @@ class AgentGuard:
         *,
         bootstrap: str,
         redis_url: str,
-        signing_key: SecretStr | str | bytes,
+        signing_key: SecretStr | str | bytes | None = None,
+        verify_key: str | None = None,
         events_topic: str = "agent.events",
         control_topic: str = "agent.control",
         idempotent: bool = True,
@@ -436,7 +437,9 @@ class AgentGuard:
         self.health = Health(on_outage=on_outage)
         self._buffer_events = buffer_events
         self._connect_timeout_s = connect_timeout_s
-        self._signer = CommandSigner(signing_key)
+        # `verify_key` (the workers' Ed25519 public key) is all an agent needs to believe commands, and it
+        # cannot sign one; `signing_key` is the first release's shared HMAC key, readable for one release.
+        self._signer = CommandSigner(signing_key, public_key=verify_key)
         self._bootstrap = bootstrap
         self._kafka_security = (
             kafka_security
@@ -463,7 +466,7 @@ class AgentGuard:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._fence = Fence(self._redis_url)
+        self._fence = Fence(self._redis_url, ed25519=self._signer.ed25519)
         if self.budget_gate:
             self.gate = BudgetGate(self._fence.redis, clock=self._clock)
         self._publisher = EventPublisher(
@@ -665,6 +668,11 @@ class AgentGuard:
             self._deliver(command, source="control")
 
     def _deliver(self, command: KillCommand, *, source: str) -> None:
+        if not self._signer.accept_hmac and not command.signature.startswith(ED25519):
+            # An agent given only the public key reads the HMAC copies the workers still send beside each
+            # Ed25519 command for older agents: not an attack, and not a command for this agent.
+            log.debug("ignored the HMAC copy of command %s (this agent verifies Ed25519)", command.command_id)
+            return
         if not self._signer.verify(command):
             self.forged_commands += 1
             log.warning(

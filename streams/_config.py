@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from agents_contract._commands import MIN_KEY_BYTES
+from agents_contract._commands import MIN_KEY_BYTES, CommandSigner
 from agents_contract._security import KafkaSecurity
 from detectors import DetectorSettings, KeyProblems
 from sinks import SinksSettings
@@ -45,6 +45,22 @@ class KafkaSettings(_Section):
     client_id: str = "tripwire"
     # TLS and SASL for every Kafka client Tripwire builds (worker, sinks, CLI); the SDK takes the same.
     security: KafkaSecurity = KafkaSecurity()
+
+
+class CommandSettings(_Section):
+    # The workers' Ed25519 private key (`tripwire keygen`), URL-safe base64: commands signed with it are
+    # believed by agents given the public key, and nothing an agent holds can sign one. Unset: HMAC only.
+    private_key: SecretStr | None = None
+    # While on, commands are also sent HMAC-signed with `signing_key` (agents not yet given the public key
+    # obey them); off, workers send Ed25519 only. For one release, then off by default.
+    hmac_compat: bool = True
+
+    @field_validator("private_key")
+    @classmethod
+    def _a_private_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            CommandSigner(private_key=value)  # ValueError names what is wrong, never the key
+        return value
 
 
 class RedisSettings(_Section):
@@ -146,6 +162,7 @@ class Settings(BaseSettings):
 
     signing_key: SecretStr
     kafka: KafkaSettings = KafkaSettings()
+    commands: CommandSettings = CommandSettings()
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     detectors: DetectorSettings = DetectorSettings()
@@ -214,7 +231,16 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         raise ConfigError(explain(exc, source=str(path) if path else "environment")) from None
 
 
-_SECRET_KEYS: Final = ("signing_key", "password", "secret", "token", "api_key", "routing_key", "webhook_url")
+_SECRET_KEYS: Final = (
+    "signing_key",
+    "private_key",
+    "password",
+    "secret",
+    "token",
+    "api_key",
+    "routing_key",
+    "webhook_url",
+)
 
 
 def _shown(key: str, value: Any) -> str:
@@ -259,3 +285,9 @@ def explain(exc: ValidationError, *, source: str) -> str:
         else:
             lines.append(f"  {key}: {shown} is not allowed: {err['msg']}")
     return "\n".join(lines)
+
+
+def command_signer(settings: Settings) -> CommandSigner:
+    """How this deployment's workers and tools sign and verify commands (`commands`, `signing_key`)."""
+    c = settings.commands
+    return CommandSigner(settings.signing_key, private_key=c.private_key, accept_hmac=c.hmac_compat)

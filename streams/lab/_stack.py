@@ -47,7 +47,9 @@ class LocalStack:
         create_topics: bool = True,
         worker_args: tuple[str, ...] = (),
         kafka_security: dict[str, Any] | None = None,
+        commands: dict[str, Any] | None = None,
     ) -> None:
+        self._commands = commands or {}
         # The `kafka.security` section for the worker and for every client the stack builds.
         self._kafka_security = kafka_security or {}
         self.security = KafkaSecurity.model_validate(self._kafka_security)
@@ -107,6 +109,7 @@ class LocalStack:
                 "idempotent_producer": self.idempotent,
                 "security": self._kafka_security,
             },
+            "commands": self._commands,
             "redis": {"url": self.redis_url},
             "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,

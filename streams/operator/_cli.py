@@ -12,6 +12,7 @@ tripwire release SESSION [--config FILE]                    clear a session's fe
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire replay FILE.jsonl [--config FILE] [--json]         the detectors over recorded events, offline
 tripwire schema                                             the wire contract as JSON Schema
+tripwire keygen                                             an Ed25519 key pair for signing commands
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
 tripwire up [--foreground] | down                           a local stack to develop against
 """
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 
 from agents_contract import contract_json_schema
+from agents_contract._commands import generate_keypair
 from detectors import FailureClass
 from streams._config import ConfigError, Settings, load_settings, redacted_url
 from streams._kafka import ensure_topics, topic_specs, wait_for_broker
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the wire contract as JSON Schema")
     p.set_defaults(run=_schema)
+
+    p = sub.add_parser("keygen", help="a new Ed25519 key pair for signing commands")
+    p.set_defaults(run=_keygen)
 
     p = sub.add_parser("config", help="configuration tools")
     csub = p.add_subparsers(metavar="ACTION")
@@ -169,6 +174,13 @@ def _up() -> Any:
 
 def _schema(args: argparse.Namespace) -> int:
     sys.stdout.write(orjson.dumps(contract_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private, public = generate_keypair()
+    print(f"TRIPWIRE_COMMANDS__PRIVATE_KEY={private}   # workers only (commands.private_key)")
+    print(f"verify_key={public}   # agents: AgentGuard(verify_key=...); public, safe to ship")
     return 0
 
 

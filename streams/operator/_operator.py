@@ -29,7 +29,7 @@ from agents_contract import (
 )
 from detectors import FailureClass, wall_clock
 from sinks import Alert
-from streams._config import Settings
+from streams._config import Settings, command_signer
 from streams._kafka import RecordProducer, TopicReader
 from streams.worker._dlq import FORMAT as DEAD_LETTER_FORMAT
 
@@ -48,7 +48,7 @@ async def manual_kill(
     A session that is already fenced keeps its first kill: that command is published again (agents that
     missed it get another chance), and no new alert is raised.
     """
-    signer = CommandSigner(settings.signing_key)
+    signer = command_signer(settings)
     now = wall_clock()
     command = signer.sign(
         KillCommand(
@@ -61,9 +61,9 @@ async def manual_kill(
             issued_at_ms=now,
         )
     )
-    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
+    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s, ed25519=signer.ed25519)
     try:
-        issued = session_id in await fence.kill([command])
+        issued = session_id in await fence.kill(signer.variants(command))
         in_force = command if issued else (await fence.lookup(session_id) or command)
     finally:
         await fence.close()
@@ -73,7 +73,10 @@ async def manual_kill(
         idempotent=settings.kafka.idempotent_producer,
         security=settings.kafka.security,
     ) as out:
-        sends = [await out.send(settings.topics.control, key, encode_command(in_force))]
+        sends = [
+            await out.send(settings.topics.control, key, encode_command(form))
+            for form in signer.variants(in_force)
+        ]
         if issued:
             sends.append(await out.send(settings.topics.alerts, key, _alert(command).to_bytes()))
         for sent in sends:
@@ -125,7 +128,7 @@ def _alert(command: KillCommand) -> Alert:
 async def tail(settings: Settings, which: TailTopic, *, follow: bool) -> AsyncIterator[dict[str, Any]]:
     """The topic's records from the beginning as dicts; without `follow`, stops at the end as of the call."""
     topic = {"control": settings.topics.control, "alerts": settings.topics.alerts, "dlq": settings.topics.dlq}
-    signer = CommandSigner(settings.signing_key)
+    signer = command_signer(settings)
     async with TopicReader(
         settings.kafka.bootstrap, topic[which], security=settings.kafka.security
     ) as reader:

@@ -20,9 +20,9 @@ from typing import Any
 import faust
 import orjson
 
-from agents_contract import CommandSigner, Fence, FenceError, KafkaSecurity
+from agents_contract import Fence, FenceError, KafkaSecurity
 from detectors import SessionState, wall_clock
-from streams._config import Settings
+from streams._config import Settings, command_signer
 from streams._kafka import changelog_topic
 from streams.worker import _metrics as m
 from streams.worker import _restore as restore
@@ -131,7 +131,7 @@ def _stages(app: faust.App, settings: Settings, app_id: str, output: seam.Output
         table, dict, orjson.loads, orjson.dumps, changelog_topic=changelog_topic(app_id, "stages")
     )
     agent = StageAgent(
-        StageJudge(settings.detectors, CommandSigner(settings.signing_key), wall_clock), store, output, topics
+        StageJudge(settings.detectors, command_signer(settings), wall_clock), store, output, topics
     )
     stages_topic = app.topic(topics.stages, partitions=topics.partitions, **_RAW)
 
@@ -178,7 +178,7 @@ def build_app(
             log.critical("a judged topic's record reached a Faust stream: the seam is not in place; exiting")
             os._exit(70)
 
-    signer = CommandSigner(settings.signing_key)
+    signer = command_signer(settings)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
 
     async def page(alert: Any) -> None:
@@ -201,7 +201,12 @@ def build_app(
         ),
         output=output,
         fencing=FenceKeeper(
-            fence, app_id=conf.app_id, redis_url=settings.redis.url, page=page, clock=wall_clock
+            fence,
+            app_id=conf.app_id,
+            redis_url=settings.redis.url,
+            page=page,
+            clock=wall_clock,
+            signer=signer,
         ),
         watch=KillWatch(int(conf.kill_ack_timeout_s * 1000)),
         departures=Departures(

@@ -17,7 +17,7 @@ from typing import Final
 
 from prometheus_client import Counter, Gauge
 
-from agents_contract import ContractError, Fence, FenceError, KillCommand, parse_command
+from agents_contract import CommandSigner, ContractError, Fence, FenceError, KillCommand, parse_command
 from agents_contract._security import PLAINTEXT, KafkaSecurity
 from sinks import Alert
 from streams._config import redacted_url
@@ -40,8 +40,19 @@ Page = Callable[[Alert], Awaitable[None]]
 
 
 class FenceKeeper:
-    def __init__(self, fence: Fence, *, app_id: str, redis_url: str, page: Page, clock: Callable[[], int]):
+    def __init__(
+        self,
+        fence: Fence,
+        *,
+        app_id: str,
+        redis_url: str,
+        page: Page,
+        clock: Callable[[], int],
+        signer: CommandSigner | None = None,
+    ):
         self._fence = fence
+        # Each kill is fenced in every signed form the agents may read (Ed25519, and HMAC while compatible).
+        self._signer = signer
         self._app_id = app_id
         self._where = redacted_url(redis_url)
         self._page = page
@@ -67,7 +78,7 @@ class FenceKeeper:
             self._hold(commands)
             return
         try:
-            await asyncio.wait_for(self._fence.kill(commands), timeout=_WRITE_TIMEOUT_S)
+            await asyncio.wait_for(self._fence.kill(self._forms(commands)), timeout=_WRITE_TIMEOUT_S)
         except (FenceError, OSError, TimeoutError) as exc:
             self._hold(commands)
             await self._went_down(exc)
@@ -82,7 +93,7 @@ class FenceKeeper:
         try:
             if self.pending:
                 await asyncio.wait_for(
-                    self._fence.kill(list(self.pending.values())), timeout=_WRITE_TIMEOUT_S
+                    self._fence.kill(self._forms(list(self.pending.values()))), timeout=_WRITE_TIMEOUT_S
                 )
             else:
                 await asyncio.wait_for(self._fence.ping(), timeout=_WRITE_TIMEOUT_S)
@@ -96,6 +107,11 @@ class FenceKeeper:
         self.pending.clear()
         FENCE_PENDING.set(0)
         await self._came_back(fenced)
+
+    def _forms(self, commands: list[KillCommand]) -> list[KillCommand]:
+        if self._signer is None:
+            return commands
+        return [form for command in commands for form in self._signer.variants(command)]
 
     async def rebuild_if_lost(
         self, bootstrap: str, control_topic: str, *, security: KafkaSecurity = PLAINTEXT
@@ -111,10 +127,14 @@ class FenceKeeper:
             now = self._clock()
             kills = await read_kills(bootstrap, control_topic, security=security)
             ttl_ms = fence.ttl_s * 1000
+            # Only kills that verify go back: anything else on the control topic was not a worker's, and
+            # re-signing it in another form would launder it.
             live = [
-                (command, (ttl_ms - (now - command.issued_at_ms)) // 1000)
+                (form, (ttl_ms - (now - command.issued_at_ms)) // 1000)
                 for command in kills.values()
                 if now - command.issued_at_ms < ttl_ms
+                and (self._signer is None or self._signer.verify(command))
+                for form in self._forms([command])
             ]
             restored = await fence.restore(live)
             await fence.mark_intact()

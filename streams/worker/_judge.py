@@ -143,7 +143,11 @@ class SessionJudge:
             # the control record finds the kill either way. When it does not, the kills go out regardless.
             await self.fencing.write(result.kills)
             await self._output.deliver(
-                [(topics.control, None, c.target.encode(), encode_command(c), None) for c in result.kills],
+                [
+                    (topics.control, None, c.target.encode(), encode_command(form), None)
+                    for c in result.kills
+                    for form in self.pipeline.signer.variants(c)
+                ],
                 what="kills",
             )
             for command in result.kills:

@@ -220,7 +220,7 @@ class Pipeline:
     ) -> None:
         # Replaced whole when the detector config is reloaded; a batch uses the suite it started with.
         self.suite = suite
-        self._signer = signer
+        self._signer = self.signer = signer
         self._clock = clock
         self.stages = stages
         self._verdicts_topic = verdicts_topic

@@ -99,8 +99,9 @@ class StageAgent:
         topics = self._topics
         out: list[Send] = [(topics.verdicts, None, key, value, None) for key, value in result.verdicts]
         out.extend(
-            (topics.control, None, command.target.encode(), encode_command(command), None)
+            (topics.control, None, command.target.encode(), encode_command(form), None)
             for command in result.commands
+            for form in self.judge.signer.variants(command)
         )
         out.extend((topics.alerts, None, a.session_id.encode(), a.to_bytes(), None) for a in result.alerts)
         for command in result.commands:

@@ -57,7 +57,7 @@ def _circuit_id(tool: str, generation: int) -> str:
 
 class StageJudge:
     def __init__(self, settings: DetectorSettings, signer: CommandSigner, clock: Clock) -> None:
-        self._signer = signer
+        self._signer = self.signer = signer
         self._clock = clock
         self.reconfigure(settings)
 

@@ -23,7 +23,8 @@ from tests.conftest import redis_binary
 pytestmark = pytest.mark.integration
 
 AGENT_ACL = (
-    "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* resetchannels -@all "
+    "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* %R~tripwire:fence:ed25519:* "
+    "resetchannels -@all "
     "+get +mget +ping +exists +hello"
 )
 WORKER_ACL = "user worker on >worker-pw ~* &* +@all"

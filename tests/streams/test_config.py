@@ -236,3 +236,10 @@ def test_bad_kafka_security_fails_at_start_naming_the_key(
     assert "kafka.security" in str(bad.value)
     assert named in str(bad.value)
     assert PASSWORD not in str(bad.value)
+
+
+def test_a_bad_command_private_key_fails_at_start_without_echoing_it() -> None:
+    with pytest.raises(ConfigError) as bad:
+        load_settings(signing_key=KEY, commands={"private_key": "c2VjcmV0LWJ1dC1zaG9ydA"})
+    assert "commands.private_key" in str(bad.value)
+    assert "c2VjcmV0LWJ1dC1zaG9ydA" not in str(bad.value)

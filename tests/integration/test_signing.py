@@ -1,0 +1,112 @@
+"""Commands signed with the workers' Ed25519 key: agents holding only the public key obey them (over the
+control topic and through the fence), agents still on the shared HMAC key obey the HMAC copy while
+compatibility is on, and with it off nothing HMAC-signed goes out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from agents_contract import (
+    CommandSigner,
+    Fence,
+    GuardedSession,
+    SessionKilled,
+    generate_keypair,
+    parse_command,
+)
+from streams import TopicReader
+from streams.lab._stack import LocalStack, budget_only
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.integration
+
+PRIVATE, PUBLIC = generate_keypair()
+
+
+async def search() -> None:
+    await asyncio.sleep(0.002)
+
+
+async def runaway(session: GuardedSession) -> None:
+    for i in range(30_000):  # until killed; the bound only turns a broken kill path into a failure
+        await session.call_tool("search", {"q": i % 2}, search)
+
+
+async def killed_by(stack: LocalStack, session_id: str, **guard: object) -> str:
+    """Run a runaway under a guard with these options until it is killed; the signature it obeyed."""
+    async with (
+        stack.guard(**guard) as g,
+        g.session(session_id, agent_id="a1", tenant_id="t", user_id="u") as session,
+    ):
+        with pytest.raises(SessionKilled) as killed:
+            await session.run(runaway(session))
+    return killed.value.command.signature
+
+
+async def control_signatures(stack: LocalStack, session_id: str, count: int) -> list[str]:
+    found: list[str] = []
+    async with TopicReader(stack.bootstrap, stack.topics["control"], security=stack.security) as reader:
+        for _ in range(200):
+            found += [
+                orjson.loads(value)["signature"]
+                for key, value, _ in await reader.read()
+                if key == session_id.encode() and value
+            ]
+            if len(found) >= count:
+                break
+    return found
+
+
+async def test_public_key_agents_and_shared_key_agents_are_both_killed_while_compatible(
+    broker: Broker, redis_url: str
+) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=5),
+        commands={"private_key": PRIVATE},
+        private_topics=True,
+    ) as stack:
+        public_only = {"signing_key": None, "verify_key": PUBLIC}
+        assert (await killed_by(stack, "s-ed", **public_only)).startswith("ed25519:")
+        assert not (await killed_by(stack, "s-hmac")).startswith("ed25519:")
+        # Both forms are on the control topic and in the fence; a late agent of either kind is fenced.
+        assert sorted(s[:8] for s in await control_signatures(stack, "s-ed", 2))[-1] == "ed25519:"
+        for session_id in ("s-ed", "s-hmac"):
+            for options in (public_only, {}):
+                async with stack.guard(**options) as late:
+                    attached = late.session(session_id, agent_id="a2", tenant_id="t", user_id="u")
+                    async with attached:
+                        assert attached.killed, (session_id, options)
+
+
+async def test_with_compatibility_off_only_ed25519_goes_out(broker: Broker, redis_url: str) -> None:
+    async with LocalStack(
+        bootstrap=broker.bootstrap,
+        redis_url=redis_url,
+        idempotent=broker.idempotent,
+        detectors=budget_only(max_steps=5),
+        commands={"private_key": PRIVATE, "hmac_compat": False},
+        private_topics=True,
+    ) as stack:
+        await killed_by(stack, "s-strict", signing_key=None, verify_key=PUBLIC)
+        (signature,) = await control_signatures(stack, "s-strict", 1)
+        assert signature.startswith("ed25519:")
+        legacy = CommandSigner(stack.signing_key)
+        fence = Fence(stack.redis_url)  # reads the HMAC form only, as agents of the first release do
+        try:
+            assert await fence.lookup("s-strict") is None
+        finally:
+            await fence.close()
+        ed_fence = Fence(stack.redis_url, ed25519=True)
+        try:
+            in_fence = await ed_fence.lookup("s-strict")
+        finally:
+            await ed_fence.close()
+        assert in_fence is not None
+        assert not legacy.verify(in_fence)
+        assert CommandSigner(public_key=PUBLIC).verify(parse_command(orjson.dumps(in_fence.model_dump())))
