@@ -6,9 +6,7 @@ synchronise: every wait polls a condition and fails the test once `DEADLINE_S` p
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,6 +17,7 @@ from agents_contract import KillCommand, SyncAgentGuard, SyncSession
 from agents_contract._gate import LIMITS_PREFIX
 from streams import TopicReader
 from streams.lab._stack import LocalStack
+from tests.waiting import DEADLINE_S, wait_for
 
 __all__ = [
     "DEADLINE_S",
@@ -32,19 +31,8 @@ __all__ = [
 ]
 
 # Far longer than anything here takes on a busy machine: only a broken kill path reaches it.
-DEADLINE_S = 60.0
 
 Events = list[dict[str, Any]]
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    """`check()`'s first truthy value, polled until `deadline_s` passes; then a failure naming `what`."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
 
 
 async def session_events(

@@ -6,10 +6,7 @@ command read from the control topic of a real broker.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -25,6 +22,7 @@ from agents_contract import (
     encode_command,
     fingerprints,
 )
+from tests.waiting import wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import Broker
@@ -211,18 +209,6 @@ def test_session_scope_commands_are_not_circuit_commands(circuits: ToolCircuits)
     command = HONEST.sign(tool_command("open", 1, signer=None).model_copy(update={"scope": "session"}))
     assert not circuits.apply(command)
     assert circuits.state("search") == "closed"
-
-
-DEADLINE_S = 60.0
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
 
 
 @pytest.mark.integration

@@ -14,7 +14,8 @@ from streams import EmbeddedRedis, RecordProducer, TopicReader
 from streams._kafka import TopicSpec, changelog_topic, ensure_topics
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker, redis_binary
-from tests.integration.test_kill_path import DEADLINE_S, runaway, wait_for
+from tests.integration.test_kill_path import runaway
+from tests.waiting import DEADLINE_S, wait_for
 
 pytestmark = pytest.mark.integration
 

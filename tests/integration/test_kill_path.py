@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -27,19 +25,9 @@ from detectors import SessionState
 from streams import RecordProducer, TopicReader
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
+from tests.waiting import DEADLINE_S, wait_for
 
 pytestmark = pytest.mark.integration
-
-DEADLINE_S = 60.0
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]], deadline_s: float = DEADLINE_S) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if value := await check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline_s:g}s waiting for {what}")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from agents_contract._gate import LIMITS_PREFIX
 from streams import TopicReader
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
-from tests.integration.test_kill_path import DEADLINE_S, wait_for
+from tests.waiting import DEADLINE_S, wait_for
 
 pytestmark = pytest.mark.integration
 

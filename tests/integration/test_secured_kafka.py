@@ -11,8 +11,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -26,20 +24,11 @@ from streams.operator._sinks import run_sinks
 from tests._tls import AGENT_USER, SASL_PASSWORD, kafka_security
 from tests.conftest import ROOT, ApacheKafka, Broker
 from tests.sinks.receivers import Receivers
+from tests.waiting import DEADLINE_S, wait_for
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 60.0
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]]) -> Any:
-    end = time.monotonic() + DEADLINE_S
-    while time.monotonic() < end:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {DEADLINE_S:g}s waiting for {what}")
 
 
 @pytest.fixture

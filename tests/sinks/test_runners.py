@@ -7,10 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -24,20 +23,11 @@ from streams.operator._sinks import run_sinks, sink_group
 from tests.conftest import Broker
 from tests.sinks.conftest import make_alert
 from tests.sinks.receivers import Receivers
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 60.0
 FAST = {"base_backoff_s": 0.05, "max_backoff_s": 0.2, "breaker_failures": 3, "breaker_cooldown_s": 0.3}
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]]) -> Any:
-    end = time.monotonic() + DEADLINE_S
-    while time.monotonic() < end:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {DEADLINE_S:g}s waiting for {what}")
 
 
 @pytest.fixture

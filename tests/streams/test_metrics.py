@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,10 +20,10 @@ from streams import RecordProducer, TopicReader
 from streams.lab._demo import DEMO_DETECTORS, SCENARIOS, run_scenario
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
-DEADLINE_S = 60.0
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -44,15 +43,6 @@ async def scrape(stack: LocalStack) -> Samples:
 
 def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-async def wait_for(what: str, check: Callable[[], Awaitable[Any]]) -> Any:
-    end = time.monotonic() + DEADLINE_S
-    while time.monotonic() < end:
-        if result := await check():
-            return result
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {DEADLINE_S:g}s waiting for {what}")
 
 
 async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) -> None:
