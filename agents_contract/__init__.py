@@ -12,6 +12,7 @@ from agents_contract._commands import (
     generate_keypair,
     kill_command_id,
     parse_command,
+    refusal,
 )
 from agents_contract._dev import dev_stack
 from agents_contract._events import (
@@ -40,6 +41,7 @@ from agents_contract._fence import Fence, FenceError
 from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._gate import BudgetGate, publish_limits
 from agents_contract._health import Health
+from agents_contract._provenance import SIGNATURE_HEADER, EventAuth, Headers, RecordSigner
 from agents_contract._schema import contract_json_schema
 from agents_contract._sdk import (
     MAX_FINGERPRINT_CHARS,
@@ -65,6 +67,7 @@ __all__ = [
     "MAX_ID",
     "MAX_REASON",
     "SCHEMA_VERSION",
+    "SIGNATURE_HEADER",
     "AgentEvent",
     "AgentGuard",
     "AgentWaiting",
@@ -73,9 +76,11 @@ __all__ = [
     "CommandSigner",
     "ContractError",
     "ControlAck",
+    "EventAuth",
     "Fence",
     "FenceError",
     "GuardedSession",
+    "Headers",
     "Health",
     "Heartbeat",
     "KafkaSecurity",
@@ -84,6 +89,7 @@ __all__ = [
     "MemoryWritten",
     "MessageSent",
     "ModelCall",
+    "RecordSigner",
     "SessionEnded",
     "SessionKilled",
     "SessionStarted",
@@ -117,4 +123,5 @@ __all__ = [
     "parse_command",
     "parse_event",
     "publish_limits",
+    "refusal",
 ]

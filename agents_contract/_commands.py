@@ -14,6 +14,13 @@ signature left out), and an agent drops anything that does not verify. Two schem
 
 Command ids are derived from what caused the kill, so a worker that reprocesses events after a crash
 re-sends the same command and the agent treats it as the one it already obeyed.
+
+A signature proves who wrote a command, not that it still holds. An Ed25519-signed command also carries the
+session's epoch when it was issued (`tripwire release` starts a new one, kept beside the fence in Redis) and
+an expiry, and the SDK refuses a command of another epoch or past its expiry and counts it: a kill captured
+before a release cannot stop the session again after it, and a captured tool-circuit command dies with its
+expiry. The HMAC copies keep the first release's fields (those agents refuse unknown ones), so they have
+neither: replay protection comes with Ed25519.
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ from agents_contract._events import ContractError, _describe
 
 MIN_KEY_BYTES: Final = 16
 ED25519: Final = "ed25519:"
+# How long a command is obeyed after it is issued, by default: a kill as long as the fence keeps it, a
+# tool-circuit command as long as an SDK keeps a circuit open at most.
+KILL_TTL_S: Final = 7 * 24 * 3600
+CIRCUIT_TTL_S: Final = 3600
+# Clocks of workers and agents disagree a little; an expiry is not enforced to the millisecond.
+CLOCK_SKEW_MS: Final = 60_000
 
 Scope = Literal["session", "agent", "tenant", "tool"]
 _Id = Annotated[str, Field(min_length=1, max_length=128)]
@@ -56,6 +69,11 @@ class KillCommand(BaseModel):
     # The event that crossed the limit, so the agent can time detection-to-stop end to end.
     breach_event_id: _Id | None = None
     breach_seq: Annotated[int, Field(ge=0)] | None = None
+    # Ed25519-signed commands only: the epoch of the target session the command was issued in (0 until
+    # the session is first released; None for other scopes) and the wall-clock ms after which no agent
+    # obeys it. Left off the wire when unset, as on HMAC copies.
+    epoch: Annotated[int, Field(ge=0, lt=2**53)] | None = None
+    expires_at_ms: Annotated[int, Field(ge=0)] | None = None
     signature: Annotated[str, Field(max_length=128)] = ""
 
 
@@ -76,7 +94,10 @@ class CommandSigner:
         private_key: SecretStr | str | None = None,
         public_key: str | None = None,
         accept_hmac: bool = True,
+        kill_ttl_s: int = KILL_TTL_S,
+        circuit_ttl_s: int = CIRCUIT_TTL_S,
     ) -> None:
+        self._ttl_ms = {"tool": circuit_ttl_s * 1000, "session": kill_ttl_s * 1000}
         self._key: bytes | None = None
         if key is not None:
             raw = key.get_secret_value() if isinstance(key, SecretStr) else key
@@ -115,19 +136,41 @@ class CommandSigner:
         return hmac.new(self._key, self._body(command), hashlib.sha256).hexdigest()
 
     def sign(self, command: KillCommand) -> KillCommand:
-        """Signed with the private key when there is one, else with the shared key."""
+        """Signed with the private key when there is one (with an epoch, 0 unless given, for a session
+        command and an expiry by its scope unless given), else with the shared key (the first release's
+        fields only)."""
         if self._private is not None:
+            update: dict[str, object] = {}
+            if command.expires_at_ms is None:
+                ttl_ms = self._ttl_ms["tool" if command.scope == "tool" else "session"]
+                update["expires_at_ms"] = command.issued_at_ms + ttl_ms
+            if command.epoch is None and command.scope == "session":
+                update["epoch"] = 0
+            if update:
+                command = command.model_copy(update=update)
             signature = base64.urlsafe_b64encode(self._private.sign(self._body(command))).rstrip(b"=")
             return command.model_copy(update={"signature": ED25519 + signature.decode()})
         if self._key is None:
             raise ValueError("this signer only verifies (it holds the public key)")
-        return command.model_copy(update={"signature": self._mac(command)})
+        return self._hmac_form(command)
+
+    def bind(self, command: KillCommand, epoch: int) -> KillCommand:
+        """The command signed again for the session's current epoch (a no-op where it has it already, or
+        where it is HMAC-signed and carries no epoch)."""
+        if self._private is None or command.epoch == epoch:
+            return command
+        return self.sign(command.model_copy(update={"epoch": epoch, "signature": ""}))
+
+    def _hmac_form(self, command: KillCommand) -> KillCommand:
+        legacy = command.model_copy(update={"epoch": None, "expires_at_ms": None, "signature": ""})
+        return legacy.model_copy(update={"signature": self._mac(legacy)})
 
     def variants(self, command: KillCommand) -> list[KillCommand]:
         """The signed forms of a command to publish: the command as signed, and while HMAC compatibility is
-        on an HMAC-signed copy beside an Ed25519 one (same command id: an agent obeys it once)."""
+        on an HMAC-signed copy in the first release's fields beside an Ed25519 one (same command id: an
+        agent obeys it once)."""
         if command.signature.startswith(ED25519) and self.accept_hmac:
-            return [command.model_copy(update={"signature": self._mac(command)}), command]
+            return [self._hmac_form(command), command]
         return [command]
 
     def verify(self, command: KillCommand) -> bool:
@@ -142,6 +185,22 @@ class CommandSigner:
                 return False
             return True
         return self.accept_hmac and bool(signature) and hmac.compare_digest(signature, self._mac(command))
+
+
+def refusal(command: KillCommand, *, now_ms: int, epoch: int | None) -> str | None:
+    """Why an agent must not obey this (verified) command, or None: `expired` past its expiry, `stale_epoch`
+    when it names another epoch of its session than the agent's (`epoch`, None when unknown). A command
+    without an epoch (an HMAC copy) is not bound to one."""
+    if command.expires_at_ms is not None and now_ms > command.expires_at_ms + CLOCK_SKEW_MS:
+        return "expired"
+    if (
+        command.scope == "session"
+        and epoch is not None
+        and command.epoch is not None
+        and command.epoch != epoch
+    ):
+        return "stale_epoch"
+    return None
 
 
 def generate_keypair() -> tuple[str, str]:
@@ -173,8 +232,9 @@ def _key_bytes(text: str, name: str) -> bytes:
 def _wire(command: KillCommand, *, exclude: set[str] | None = None) -> dict[str, Any]:
     # `tenant_id` is left out when unset, so session commands read (and verify) as they did before it.
     skip = set(exclude or ())
-    if command.tenant_id is None:
-        skip.add("tenant_id")
+    for optional in ("tenant_id", "epoch", "expires_at_ms"):
+        if getattr(command, optional) is None:
+            skip.add(optional)
     return command.model_dump(exclude=skip)
 
 

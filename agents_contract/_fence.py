@@ -18,10 +18,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agents_contract._commands import ED25519, KillCommand, encode_command, parse_command
+from agents_contract._redis import redis_client
 
 _PREFIX: Final = "tripwire:fence:session:"
 # Ed25519-signed kills, beside the HMAC-signed ones while agents move over (agents need read on both).
 _ED_PREFIX: Final = "tripwire:fence:ed25519:"
+# The session's epoch: 0 (absent) until `tripwire release` first clears its kill, one more at each release.
+# Commands carry the epoch they were issued in and agents refuse those of another (a replayed kill).
+_EPOCH_PREFIX: Final = "tripwire:fence:epoch:"
 _READY: Final = "tripwire:worker:ready:"
 # Set by a worker once the fence holds every kill of the control topic; gone when Redis lost its data.
 _INTACT: Final = "tripwire:fence:intact"
@@ -40,7 +44,7 @@ class Fence:
         self._ed25519 = ed25519
         # A dropped connection (a Redis restart, a failover) is re-made and the command retried a few times
         # with backoff before an error reaches the caller, so a blip is not an outage.
-        self._redis = aioredis.Redis.from_url(
+        self._handle = redis_client(
             url,
             socket_timeout=5,
             socket_connect_timeout=5,
@@ -48,6 +52,7 @@ class Fence:
             retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError],
             health_check_interval=30,
         )
+        self._redis = self._handle.client
         self._ttl_s = ttl_s
 
     @property
@@ -56,7 +61,7 @@ class Fence:
         return self._redis
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._handle.aclose()
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -89,6 +94,45 @@ class Fence:
             None if raw is None else parse_command(raw if isinstance(raw, bytes) else raw.encode())
             for raw in raws
         ]
+
+    async def view_many(self, session_ids: list[str]) -> list[tuple[KillCommand | None, int]]:
+        """Each session's kill (None where there is none) and its epoch, in one round trip: what an agent
+        reads when it attaches."""
+        if not session_ids:
+            return []
+        prefixes = (_ED_PREFIX, _PREFIX, _EPOCH_PREFIX) if self._ed25519 else (_PREFIX, _EPOCH_PREFIX)
+        raws = await self._redis.mget([p + sid for sid in session_ids for p in prefixes])
+        width = len(prefixes)
+        views: list[tuple[KillCommand | None, int]] = []
+        for at in range(0, len(raws), width):
+            kill = next((raw for raw in raws[at : at + width - 1] if raw is not None), None)
+            command = None if kill is None else parse_command(_bytes(kill))
+            views.append((command, _epoch(raws[at + width - 1])))
+        return views
+
+    async def epochs(self, session_ids: list[str]) -> list[int]:
+        """The sessions' current epochs, in their order."""
+        if not session_ids:
+            return []
+        return [_epoch(raw) for raw in await self._redis.mget([_EPOCH_PREFIX + sid for sid in session_ids])]
+
+    async def new_epoch(self, session_id: str) -> int:
+        """Start the session's next epoch (a release), kept as long as a kill; returns it."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(_EPOCH_PREFIX + session_id)
+            pipe.expire(_EPOCH_PREFIX + session_id, self._ttl_s)
+            epoch, _ = await pipe.execute()
+        return int(epoch)
+
+    async def restore_epochs(self, epochs: dict[str, int]) -> int:
+        """Put back epochs read from the control topic where Redis lost them; returns how many."""
+        if not epochs:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id, epoch in epochs.items():
+                pipe.set(_EPOCH_PREFIX + session_id, str(epoch), nx=True, ex=self._ttl_s)
+            written = await pipe.execute()
+        return sum(1 for ok in written if ok)
 
     async def intact(self) -> bool:
         """False when Redis has lost the fence (a restart without persistence, a failover to an empty
@@ -124,6 +168,19 @@ class Fence:
     async def worker_ready_at(self, app_id: str) -> int | None:
         raw = await self._redis.get(_READY + app_id)
         return None if raw is None else int(raw)
+
+
+def _bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
+def _epoch(raw: bytes | str | None) -> int:
+    if raw is None:
+        return 0
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        return 0
 
 
 def _key(command: KillCommand) -> str:

@@ -30,6 +30,12 @@ OUTAGES = Counter("tripwire_sdk_outages_total", "Times the SDK lost a Tripwire d
 REFUSED = Counter(
     "tripwire_sdk_calls_refused_unavailable_total", "Guarded calls refused because Tripwire was unreachable"
 )
+COMMANDS_REJECTED = Counter(
+    "tripwire_sdk_commands_rejected_total",
+    "Control commands the SDK did not obey: forged (not verifying), expired, stale_epoch (replayed from "
+    "another epoch of the session)",
+    ["reason"],
+)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Final
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from agents_contract._provenance import SIGNATURE_HEADER, RecordSigner
 from agents_contract._security import PLAINTEXT, KafkaSecurity
 
 REQUEST_TIMEOUT_MS: Final = 10_000
@@ -34,8 +35,10 @@ class EventPublisher:
         idempotent: bool = True,
         client_id: str = "tripwire-agent",
         security: KafkaSecurity = PLAINTEXT,
+        signer: RecordSigner | None = None,
     ):
         self.topic = topic
+        self._signer = signer
         self._security = security
         self._bootstrap, self._idempotent, self._client_id = bootstrap, idempotent, client_id
         self._producer: AIOKafkaProducer | None = None
@@ -72,7 +75,10 @@ class EventPublisher:
     async def publish(self, key: bytes, value: bytes) -> asyncio.Future[object]:
         """Queue one record; the returned future resolves when the broker has it."""
         assert self._producer is not None, "EventPublisher.start() first"
-        future: asyncio.Future[object] = await self._producer.send(self.topic, value, key=key)
+        headers = None if self._signer is None else [(SIGNATURE_HEADER, self._signer.sign(value))]
+        future: asyncio.Future[object] = await self._producer.send(
+            self.topic, value, key=key, headers=headers
+        )
         return future
 
     async def probe(self) -> None:

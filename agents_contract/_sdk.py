@@ -44,13 +44,14 @@ from pydantic import SecretStr, TypeAdapter, ValidationError
 from redis.exceptions import RedisError
 
 from agents_contract._circuits import MAX_OPEN_S, ToolCircuitOpen, ToolCircuits
-from agents_contract._commands import ED25519, CommandSigner, KillCommand, parse_command
+from agents_contract._commands import ED25519, CommandSigner, KillCommand, parse_command, refusal
 from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
 from agents_contract._fingerprint import canonical_digest, fingerprints
 from agents_contract._gate import BudgetGate, Refusal, Reservation
-from agents_contract._health import REFUSED, Health, OnOutage
+from agents_contract._health import COMMANDS_REJECTED, REFUSED, Health, OnOutage
 from agents_contract._kafka import ControlSubscription, EventPublisher
+from agents_contract._provenance import RecordSigner
 from agents_contract._security import KafkaSecurity
 from agents_contract._text import clip
 
@@ -409,6 +410,10 @@ class AgentGuard:
     A secured cluster: `kafka_security` takes a `KafkaSecurity` (or its fields as a mapping), the same
     settings as the worker's `kafka.security` (TLS with a CA and client certificate, SASL PLAIN, SCRAM or
     OAUTHBEARER); the Redis URL carries Redis's TLS and ACL user (`rediss://user:password@host`).
+
+    `event_key`: the tenant's event key, for a tenant whose events the workers require signed
+    (`event_signing.tenant_keys`): every event then carries an HMAC of its bytes, and events of that tenant
+    that anyone without the key publishes are dead-lettered instead of judged.
     """
 
     def __init__(
@@ -429,6 +434,7 @@ class AgentGuard:
         connect_timeout_s: float = 10.0,
         max_circuit_open_s: float = MAX_OPEN_S,
         kafka_security: KafkaSecurity | Mapping[str, Any] | None = None,
+        event_key: SecretStr | str | bytes | None = None,
     ) -> None:
         if on_outage not in ("keep_working", "fail_closed"):
             raise ValueError(f"on_outage must be 'keep_working' or 'fail_closed', not {on_outage!r}")
@@ -441,6 +447,8 @@ class AgentGuard:
         # cannot sign one; `signing_key` is the first release's shared HMAC key, readable for one release.
         self._signer = CommandSigner(signing_key, public_key=verify_key)
         self._bootstrap = bootstrap
+        # The tenant's event key, where its tenant requires signed events (`event_signing.tenant_keys`).
+        self._event_signer = None if event_key is None else RecordSigner([event_key], what="event_key")
         self._kafka_security = (
             kafka_security
             if isinstance(kafka_security, KafkaSecurity)
@@ -463,6 +471,10 @@ class AgentGuard:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.forged_commands = 0
+        # Verified commands refused as replayed or out of date (another epoch of the session, expired).
+        self.stale_commands = 0
+        # Each attached session's epoch as the fence last said (absent: not known, Redis did not answer).
+        self._epochs: dict[str, int] = {}
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -470,7 +482,11 @@ class AgentGuard:
         if self.budget_gate:
             self.gate = BudgetGate(self._fence.redis, clock=self._clock)
         self._publisher = EventPublisher(
-            self._bootstrap, self._events_topic, idempotent=self._idempotent, security=self._kafka_security
+            self._bootstrap,
+            self._events_topic,
+            idempotent=self._idempotent,
+            security=self._kafka_security,
+            signer=self._event_signer,
         )
         self._control = ControlSubscription(
             self._bootstrap, self._control_topic, security=self._kafka_security
@@ -546,12 +562,14 @@ class AgentGuard:
             return
         ids = list(self._sessions)
         try:
-            commands = await self._fence.lookup_many(ids)
+            views = await self._fence.view_many(ids)
         except Exception as exc:
             self.health.redis(False, exc)
             return
         self.health.redis(True)
-        for command in commands:
+        for session_id, (command, epoch) in zip(ids, views, strict=True):
+            if session_id in self._sessions:
+                self._epochs[session_id] = epoch
             if command is not None:
                 self._deliver(command, source="fence")
 
@@ -628,13 +646,15 @@ class AgentGuard:
         # The control subscription's positions were fixed in start(), before this lookup: a kill written to
         # the fence after it is published after it too, so the listener sees it. Nothing falls in between.
         try:
-            command = await self._fence.lookup(session.session_id)
+            ((command, epoch),) = await self._fence.view_many([session.session_id])
         except (RedisError, OSError) as exc:
             self.health.redis(False, exc)
             if self.health.on_outage == "fail_closed":
                 raise TripwireUnavailable(f"the fence could not be read: {exc!r}") from exc
             return
         self.health.redis(True)
+        # Commands of another epoch (issued before the session's last release) are refused from now on.
+        self._epochs[session.session_id] = epoch
         if command is not None:
             self._deliver(command, source="fence")
 
@@ -644,6 +664,7 @@ class AgentGuard:
             attached.remove(session)
         if not attached:
             self._sessions.pop(session.session_id, None)
+            self._epochs.pop(session.session_id, None)
 
     async def _listen(self) -> None:
         while True:
@@ -663,6 +684,7 @@ class AgentGuard:
                 command = parse_command(raw)
             except ContractError as exc:
                 self.forged_commands += 1
+                COMMANDS_REJECTED.labels("forged").inc()
                 log.warning("ignored a control record that is not a command: %s", exc.reason)
                 continue
             self._deliver(command, source="control")
@@ -675,12 +697,28 @@ class AgentGuard:
             return
         if not self._signer.verify(command):
             self.forged_commands += 1
+            COMMANDS_REJECTED.labels("forged").inc()
             log.warning(
                 "ignored %s command %s for %s %s: signature does not verify",
                 source,
                 command.command_id,
                 command.scope,
                 command.target,
+            )
+            return
+        why = refusal(command, now_ms=self.now_ms(), epoch=self._epochs.get(command.target))
+        if why is not None:
+            self.stale_commands += 1
+            COMMANDS_REJECTED.labels(why).inc()
+            log.warning(
+                "ignored %s command %s for %s %s: %s (epoch %s, expires %s)",
+                source,
+                command.command_id,
+                command.scope,
+                command.target,
+                "it is past its expiry" if why == "expired" else "it was issued before the session's release",
+                command.epoch,
+                command.expires_at_ms,
             )
             return
         if command.scope == "tool":

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Final
 
-import redis.asyncio as aioredis
+from agents_contract._redis import redis_client
 
 _PREFIX: Final = "tripwire:sink:"
 
 
 class RedisLedger:
     def __init__(self, url: str, *, ttl_s: int = 7 * 24 * 3600) -> None:
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._handle = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = self._handle.client
         self._ttl_s = ttl_s
 
     async def delivered(self, key: str) -> bool:
@@ -33,4 +34,4 @@ class RedisLedger:
         return int(count)
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._handle.aclose()

@@ -7,6 +7,8 @@ and what is allowed, instead of surfacing as a misbehaving detector hours later.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -14,6 +16,7 @@ from typing import Annotated, Any, Final, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -24,6 +27,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from agents_contract._commands import MIN_KEY_BYTES, CommandSigner
+from agents_contract._provenance import EventAuth, RecordSigner
+from agents_contract._redis import SENTINEL_SCHEMES, parse_sentinel_url
 from agents_contract._security import KafkaSecurity
 from detectors import DetectorSettings, KeyProblems
 from sinks import SinksSettings
@@ -54,6 +59,9 @@ class CommandSettings(_Section):
     # While on, commands are also sent HMAC-signed with `signing_key` (agents not yet given the public key
     # obey them); off, workers send Ed25519 only. For one release, then off by default.
     hmac_compat: bool = True
+    # How long an Ed25519-signed tool-circuit command is obeyed after it is issued (a kill: as long as the
+    # fence keeps it, `redis.fence_ttl_s`). A captured command cannot be replayed past it.
+    circuit_ttl_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 3600
 
     @field_validator("private_key")
     @classmethod
@@ -63,8 +71,42 @@ class CommandSettings(_Section):
         return value
 
 
+def _key_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | SecretStr) else value
+
+
+class EventSigningSettings(_Section):
+    # Tenants whose events must be signed, each with its keys (the SDK's `event_key`; the first is the
+    # current one, any verifies, so a key is rotated by adding the new one first). Unsigned or wrongly
+    # signed events of these tenants are dead-lettered; other tenants' events are judged as before.
+    tenant_keys: dict[
+        Annotated[str, Field(min_length=1, max_length=128)],
+        Annotated[list[SecretStr], BeforeValidator(_key_list), Field(min_length=1)],
+    ] = Field(default_factory=dict)
+
+    @field_validator("tenant_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: dict[str, list[SecretStr]]) -> dict[str, list[SecretStr]]:
+        for tenant, keys in value.items():
+            for key in keys:
+                if len(key.get_secret_value().encode()) < MIN_KEY_BYTES:
+                    raise ValueError(f"{tenant}: a key must be at least {MIN_KEY_BYTES} bytes")
+        return value
+
+
 class RedisSettings(_Section):
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")] = "redis://127.0.0.1:6379/0"
+    # redis://, rediss://, unix://, or redis+sentinel://HOST:PORT[,HOST:PORT]/MASTER[/DB] (rediss+sentinel).
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://")] = (
+        "redis://127.0.0.1:6379/0"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _sentinel_url(cls, value: str) -> str:
+        if value.partition("://")[0] in SENTINEL_SCHEMES:
+            parse_sentinel_url(value)  # ValueError says what is missing, never the credentials
+        return value
+
     fence_ttl_s: Annotated[int, Field(ge=60)] = 7 * 24 * 3600
 
 
@@ -163,6 +205,7 @@ class Settings(BaseSettings):
     signing_key: SecretStr
     kafka: KafkaSettings = KafkaSettings()
     commands: CommandSettings = CommandSettings()
+    event_signing: EventSigningSettings = EventSigningSettings()
     redis: RedisSettings = RedisSettings()
     topics: TopicSettings = TopicSettings()
     detectors: DetectorSettings = DetectorSettings()
@@ -240,13 +283,14 @@ _SECRET_KEYS: Final = (
     "api_key",
     "routing_key",
     "webhook_url",
+    "tenant_keys",
 )
 
 
 def _shown(key: str, value: Any) -> str:
     """A bad value as an error message may show it: never a secret, never a URL's credentials."""
-    last = key.rsplit(".", 1)[-1]
-    if any(word in last for word in _SECRET_KEYS):
+    # Any part of the path: a tenant's event key is `event_signing.tenant_keys.<tenant>.0`.
+    if any(word in part for part in key.split(".") for word in _SECRET_KEYS):
         return "<secret>"
     if isinstance(value, str):
         return repr(redacted_url(value))
@@ -290,4 +334,27 @@ def explain(exc: ValidationError, *, source: str) -> str:
 def command_signer(settings: Settings) -> CommandSigner:
     """How this deployment's workers and tools sign and verify commands (`commands`, `signing_key`)."""
     c = settings.commands
-    return CommandSigner(settings.signing_key, private_key=c.private_key, accept_hmac=c.hmac_compat)
+    return CommandSigner(
+        settings.signing_key,
+        private_key=c.private_key,
+        accept_hmac=c.hmac_compat,
+        kill_ttl_s=settings.redis.fence_ttl_s,
+        circuit_ttl_s=c.circuit_ttl_s,
+    )
+
+
+def event_auth(settings: Settings) -> EventAuth | None:
+    """The tenants whose events must be signed (`event_signing.tenant_keys`), or None when none must."""
+    keys = settings.event_signing.tenant_keys
+    return EventAuth(keys) if keys else None
+
+
+def internal_signer(settings: Settings) -> RecordSigner:
+    """What signs the records workers write to their own internal topics (keyed-stage records and their
+    verdicts), so that a record anyone else wrote there is refused. Derived from the Ed25519 private key
+    when there is one (no agent holds it), else from the shared `signing_key`."""
+    secret = settings.commands.private_key or settings.signing_key
+    material = hmac.new(
+        secret.get_secret_value().encode(), b"tripwire internal records v1", hashlib.sha256
+    ).digest()
+    return RecordSigner([material], what="internal key")

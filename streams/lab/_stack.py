@@ -48,8 +48,10 @@ class LocalStack:
         worker_args: tuple[str, ...] = (),
         kafka_security: dict[str, Any] | None = None,
         commands: dict[str, Any] | None = None,
+        event_signing: dict[str, Any] | None = None,
     ) -> None:
         self._commands = commands or {}
+        self._event_signing = event_signing or {}
         # The `kafka.security` section for the worker and for every client the stack builds.
         self._kafka_security = kafka_security or {}
         self.security = KafkaSecurity.model_validate(self._kafka_security)
@@ -110,6 +112,7 @@ class LocalStack:
                 "security": self._kafka_security,
             },
             "commands": self._commands,
+            "event_signing": self._event_signing,
             "redis": {"url": self.redis_url},
             "topics": {"partitions": self._partitions, **self.topics},
             "detectors": self._detectors,

@@ -32,6 +32,7 @@ from sinks import Alert
 from streams._config import Settings, command_signer
 from streams._kafka import RecordProducer, TopicReader
 from streams.worker._dlq import FORMAT as DEAD_LETTER_FORMAT
+from streams.worker._fencing import EPOCH_HEADER
 
 MANUAL = "manual"
 TailTopic = Literal["control", "alerts", "dlq"]
@@ -50,19 +51,22 @@ async def manual_kill(
     """
     signer = command_signer(settings)
     now = wall_clock()
-    command = signer.sign(
-        KillCommand(
-            # Each manual kill is its own incident: a session released and killed again pages again.
-            command_id=kill_command_id(session_id, f"{MANUAL}@{now}"),
-            target=session_id,
-            reason=reason,
-            detector=MANUAL,
-            evidence={"failure_class": failure_class.value, "operator": getpass.getuser()},
-            issued_at_ms=now,
-        )
-    )
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s, ed25519=signer.ed25519)
     try:
+        # Bound to the session's epoch: agents attached since its last release obey it, older ones not.
+        (epoch,) = await fence.epochs([session_id]) if signer.ed25519 else (None,)
+        command = signer.sign(
+            KillCommand(
+                # Each manual kill is its own incident: a session released and killed again pages again.
+                command_id=kill_command_id(session_id, f"{MANUAL}@{now}"),
+                target=session_id,
+                reason=reason,
+                detector=MANUAL,
+                evidence={"failure_class": failure_class.value, "operator": getpass.getuser()},
+                issued_at_ms=now,
+                epoch=epoch,
+            )
+        )
         issued = session_id in await fence.kill(signer.variants(command))
         in_force = command if issued else (await fence.lookup(session_id) or command)
     finally:
@@ -85,18 +89,29 @@ async def manual_kill(
 
 
 async def release(settings: Settings, session_id: str) -> KillCommand | None:
-    """Clear a session's fence, so that an agent may attach to it again; returns the kill it held."""
-    # A tombstone on the control topic first: a worker that rebuilds a lost fence from the topic must not
-    # bring this kill back.
-    async with RecordProducer(
-        settings.kafka.bootstrap,
-        idempotent=settings.kafka.idempotent_producer,
-        security=settings.kafka.security,
-    ) as out:
-        await (await out.send(settings.topics.control, session_id.encode(), None))
-    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
+    """Clear a session's fence, so that an agent may attach to it again; returns the kill it held.
+
+    The release starts the session's next epoch: agents that attach from now on refuse every command
+    issued before it, so a captured kill published again cannot stop the session a second time."""
+    # Either signed form of the kill will do to say what was released.
+    fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s, ed25519=True)
     try:
         held = await fence.lookup(session_id)
+        epoch = await fence.new_epoch(session_id)
+        # A tombstone on the control topic before the fence is cleared: a worker that rebuilds a lost fence
+        # from the topic must not bring this kill back, and takes the epoch from its header.
+        async with RecordProducer(
+            settings.kafka.bootstrap,
+            idempotent=settings.kafka.idempotent_producer,
+            security=settings.kafka.security,
+        ) as out:
+            tombstone = await out.send(
+                settings.topics.control,
+                session_id.encode(),
+                None,
+                headers={EPOCH_HEADER: str(epoch).encode()},
+            )
+            await tombstone
         await fence.release(session_id)
     finally:
         await fence.close()

@@ -22,7 +22,7 @@ import orjson
 
 from agents_contract import Fence, FenceError, KafkaSecurity
 from detectors import SessionState, wall_clock
-from streams._config import Settings, command_signer
+from streams._config import Settings, command_signer, event_auth, internal_signer
 from streams._kafka import changelog_topic
 from streams.worker import _metrics as m
 from streams.worker import _restore as restore
@@ -131,7 +131,12 @@ def _stages(app: faust.App, settings: Settings, app_id: str, output: seam.Output
         table, dict, orjson.loads, orjson.dumps, changelog_topic=changelog_topic(app_id, "stages")
     )
     agent = StageAgent(
-        StageJudge(settings.detectors, command_signer(settings), wall_clock), store, output, topics
+        StageJudge(
+            settings.detectors, command_signer(settings), wall_clock, internal=internal_signer(settings)
+        ),
+        store,
+        output,
+        topics,
     )
     stages_topic = app.topic(topics.stages, partitions=topics.partitions, **_RAW)
 
@@ -179,6 +184,7 @@ def build_app(
             os._exit(70)
 
     signer = command_signer(settings)
+    internal = internal_signer(settings)
     fence = Fence(settings.redis.url, ttl_s=settings.redis.fence_ttl_s)
 
     async def page(alert: Any) -> None:
@@ -190,7 +196,12 @@ def build_app(
         app=app,
         intake=intake,
         pipeline=Pipeline.from_settings(
-            settings.detectors, signer, wall_clock, verdicts_topic=topics.verdicts
+            settings.detectors,
+            signer,
+            wall_clock,
+            verdicts_topic=topics.verdicts,
+            event_auth=event_auth(settings),
+            internal=internal,
         ),
         store=LiveStore(
             _raw_table(app, "sessions", topics.partitions),
@@ -218,6 +229,7 @@ def build_app(
         ),
         conf=conf,
         topics=topics,
+        internal=internal,
     )
     app.task(judge.run)
     stage_agent = _stages(app, settings, conf.app_id, output) if conf.stages == "in_worker" else None

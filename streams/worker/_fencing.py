@@ -69,19 +69,31 @@ class FenceKeeper:
     def up(self) -> bool:
         return not self._down_since_ms
 
-    async def write(self, commands: list[KillCommand]) -> None:
-        """Fence these kills now if Redis answers in time; otherwise keep them for `retry`. Never raises."""
+    async def write(self, commands: list[KillCommand]) -> list[KillCommand]:
+        """Fence these kills now if Redis answers in time; otherwise keep them for `retry`. Returns the
+        kills to publish: bound to their sessions' current epochs where Redis said (a session released
+        before has one past 0). Never raises."""
         if not commands:
-            return
+            return commands
         if not self.up:
             # Already known to be down: the kill path does not wait for it again.
             self._hold(commands)
-            return
+            return commands
         try:
-            await asyncio.wait_for(self._fence.kill(self._forms(commands)), timeout=_WRITE_TIMEOUT_S)
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                commands = await self._bind(commands)
+                await self._fence.kill(self._forms(commands))
         except (FenceError, OSError, TimeoutError) as exc:
             self._hold(commands)
             await self._went_down(exc)
+        return commands
+
+    async def _bind(self, commands: list[KillCommand]) -> list[KillCommand]:
+        signer = self._signer
+        if signer is None or not signer.ed25519:
+            return commands  # HMAC-signed commands carry no epoch
+        epochs = await self._fence.epochs([command.target for command in commands])
+        return [signer.bind(command, epoch) for command, epoch in zip(commands, epochs, strict=True)]
 
     async def retry(self) -> None:
         """Write the kills waiting to be fenced, with backoff; called by the worker's timer. Never raises."""
@@ -92,9 +104,9 @@ class FenceKeeper:
             return
         try:
             if self.pending:
-                await asyncio.wait_for(
-                    self._fence.kill(self._forms(list(self.pending.values()))), timeout=_WRITE_TIMEOUT_S
-                )
+                async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                    waiting = await self._bind(list(self.pending.values()))
+                    await self._fence.kill(self._forms(waiting))
             else:
                 await asyncio.wait_for(self._fence.ping(), timeout=_WRITE_TIMEOUT_S)
         except (FenceError, OSError, TimeoutError) as exc:
@@ -125,17 +137,22 @@ class FenceKeeper:
             if await asyncio.wait_for(fence.intact(), timeout=_WRITE_TIMEOUT_S):
                 return 0
             now = self._clock()
-            kills = await read_kills(bootstrap, control_topic, security=security)
+            kills, epochs = await read_kills(bootstrap, control_topic, security=security)
             ttl_ms = fence.ttl_s * 1000
             # Only kills that verify go back: anything else on the control topic was not a worker's, and
             # re-signing it in another form would launder it.
             live = [
-                (form, (ttl_ms - (now - command.issued_at_ms)) // 1000)
+                (form, (_until(command, ttl_ms) - now) // 1000)
                 for command in kills.values()
-                if now - command.issued_at_ms < ttl_ms
-                and (self._signer is None or self._signer.verify(command))
+                if now < _until(command, ttl_ms) and (self._signer is None or self._signer.verify(command))
                 for form in self._forms([command])
             ]
+            # A kill issued after a release names its epoch too (the tombstone may be compacted away).
+            for command, _ in live:
+                if command.epoch:
+                    epochs[command.target] = max(command.epoch, epochs.get(command.target, 0))
+            # Epochs first: an agent attaching meanwhile must not take a kill from before a release.
+            await fence.restore_epochs(epochs)
             restored = await fence.restore(live)
             await fence.mark_intact()
         except (FenceError, OSError, TimeoutError) as exc:
@@ -218,23 +235,33 @@ class FenceKeeper:
             log.error("could not send the fence alert: %r", exc)
 
 
+def _until(command: KillCommand, ttl_ms: int) -> int:
+    """When a kill stops being in force: its expiry, or the fence's TTL after it was issued."""
+    ends = command.issued_at_ms + ttl_ms
+    return ends if command.expires_at_ms is None else min(ends, command.expires_at_ms)
+
+
 async def read_kills(
     bootstrap: str, control_topic: str, *, security: KafkaSecurity = PLAINTEXT
-) -> dict[str, KillCommand]:
-    """The session kills in force on the control topic: per session its last record, none where that is a
-    release tombstone or not a command."""
+) -> tuple[dict[str, KillCommand], dict[str, int]]:
+    """The session kills in force on the control topic (per session its last record, none where that is a
+    release tombstone or not a command), and the epochs the releases started (their tombstones' header)."""
     from streams import TopicReader
 
     kills: dict[str, KillCommand] = {}
+    epochs: dict[str, int] = {}
     async with TopicReader(bootstrap, control_topic, security=security) as reader:
         await reader.mark_end()
         while not await reader.caught_up():
-            for key, value, _ in await reader.read(timeout_ms=200):
+            for key, value, headers in await reader.read(timeout_ms=200):
                 if key is None:
                     continue
                 session_id = key.decode(errors="replace")
                 if value is None:
                     kills.pop(session_id, None)
+                    epoch = _header_epoch(headers)
+                    if epoch:
+                        epochs[session_id] = max(epoch, epochs.get(session_id, 0))
                     continue
                 try:
                     command = parse_command(value)
@@ -242,4 +269,14 @@ async def read_kills(
                     continue
                 if command.scope == "session" and command.target == session_id:
                     kills[session_id] = command
-    return kills
+    return kills, epochs
+
+
+EPOCH_HEADER: Final = "tripwire-epoch"
+
+
+def _header_epoch(headers: dict[str, bytes]) -> int:
+    try:
+        return max(0, int(headers.get(EPOCH_HEADER, b"0")))
+    except ValueError:
+        return 0

@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any
 
-from agents_contract import encode_command
+from agents_contract import RecordSigner, encode_command
 from detectors import SessionState, pack_stage_records
 from streams._config import TopicSettings, WorkerSettings
 from streams.worker import _metrics as m
@@ -50,8 +50,10 @@ class SessionJudge:
         departures: Departures,
         conf: WorkerSettings,
         topics: TopicSettings,
+        internal: RecordSigner,
     ) -> None:
         self._app = app
+        self._internal = internal
         self._intake = intake
         self.pipeline = pipeline
         self.store = store
@@ -88,7 +90,7 @@ class SessionJudge:
             async with self._busy:
                 owned = self.owned
                 records = [
-                    RawRecord(r.key, r.value, r.partition, r.offset, r.topic)
+                    RawRecord(r.key, r.value, r.partition, r.offset, r.topic, r.headers)
                     for r in fetched
                     if r.partition in owned
                 ]
@@ -141,7 +143,7 @@ class SessionJudge:
         if result.kills:
             # The fence goes first while Redis answers: an agent that attaches between the fence write and
             # the control record finds the kill either way. When it does not, the kills go out regardless.
-            await self.fencing.write(result.kills)
+            result.kills = await self.fencing.write(result.kills)
             await self._output.deliver(
                 [
                     (topics.control, None, c.target.encode(), encode_command(form), None)
@@ -159,8 +161,10 @@ class SessionJudge:
         if result.dead_letters:
             out.extend(self._dead_letters(result))
         if result.stage_records:
+            # Signed: the keyed stages refuse a stages record that a worker did not write.
+            sign = self._internal.headers
             out.extend(
-                (topics.stages, None, key, value, None)
+                (topics.stages, None, key, value, sign(value))
                 for key, value in pack_stage_records(result.stage_records)
             )
         if out:

@@ -28,7 +28,10 @@ from agents_contract import (
     CommandSigner,
     ContractError,
     ControlAck,
+    EventAuth,
+    Headers,
     KillCommand,
+    RecordSigner,
     TurnCompleted,
     bounded_evidence,
     clip,
@@ -59,6 +62,7 @@ class RawRecord(NamedTuple):
     partition: int
     offset: int
     topic: str = ""
+    headers: Headers = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,8 @@ DEAD_LETTER_CODES: Final = (
     "owner_mismatch",
     "implausible_value",
     "bad_stage_verdict",
+    "unsigned",
+    "bad_signature",
     "internal_error",
 )
 
@@ -217,7 +223,13 @@ class Pipeline:
         verdicts_topic: str = "",
         intake: IntakeSettings | None = None,
         fleet_tools: bool = False,
+        event_auth: EventAuth | None = None,
+        internal: RecordSigner | None = None,
     ) -> None:
+        # Tenants whose events must be signed; what signs the verdicts the keyed stages send back (None:
+        # no check, as `tripwire replay` judges a file it trusts).
+        self._event_auth = event_auth or None
+        self._internal = internal
         # Replaced whole when the detector config is reloaded; a batch uses the suite it started with.
         self.suite = suite
         self._signer = self.signer = signer
@@ -229,9 +241,23 @@ class Pipeline:
 
     @classmethod
     def from_settings(
-        cls, settings: DetectorSettings, signer: CommandSigner, clock: Clock, *, verdicts_topic: str
+        cls,
+        settings: DetectorSettings,
+        signer: CommandSigner,
+        clock: Clock,
+        *,
+        verdicts_topic: str,
+        event_auth: EventAuth | None = None,
+        internal: RecordSigner | None = None,
     ) -> Pipeline:
-        pipeline = cls(build_suite(settings, clock), signer, clock, verdicts_topic=verdicts_topic)
+        pipeline = cls(
+            build_suite(settings, clock),
+            signer,
+            clock,
+            verdicts_topic=verdicts_topic,
+            event_auth=event_auth,
+            internal=internal,
+        )
         pipeline.reconfigure(settings)
         return pipeline
 
@@ -286,6 +312,11 @@ class Pipeline:
                 )
             )
             return
+        if self._event_auth is not None:
+            unproven = self._event_auth.problem(event.tenant_id, record.value, record.headers)
+            if unproven is not None:
+                result.dead_letters.append(DeadLetter(record, unproven[1], unproven[0]))
+                return
         implausible = self._implausible(event)
         if implausible:
             result.dead_letters.append(DeadLetter(record, implausible, "implausible_value"))
@@ -371,6 +402,20 @@ class Pipeline:
         return result
 
     def _stage_verdict(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
+        if self._internal is not None and record.value is not None:
+            # Only a worker's keyed stage can kill through this topic: a record anyone else wrote is refused.
+            why = self._internal.problem(record.value, record.headers)
+            if why is not None:
+                result.dead_letters.append(
+                    DeadLetter(
+                        record,
+                        "stage verdict is not signed by a worker"
+                        if why == "unsigned"
+                        else "stage verdict's signature is not a worker's",
+                        "bad_stage_verdict",
+                    )
+                )
+                return
         try:
             data = orjson.loads(record.value or b"")
             if not isinstance(data, dict):

@@ -45,7 +45,12 @@ class StageAgent:
             for event in batch:
                 message = event.message
                 record = RawRecord(
-                    message.key, message.value, message.partition, message.offset, message.topic
+                    message.key,
+                    message.value,
+                    message.partition,
+                    message.offset,
+                    message.topic,
+                    message.headers,
                 )
                 try:
                     result = self.judge.judge([record], self.store.lookup)
@@ -97,7 +102,11 @@ class StageAgent:
 
     async def _act(self, result: StageResult) -> Sent:
         topics = self._topics
-        out: list[Send] = [(topics.verdicts, None, key, value, None) for key, value in result.verdicts]
+        internal = self.judge.internal
+        out: list[Send] = [
+            (topics.verdicts, None, key, value, internal.headers(value) if internal else None)
+            for key, value in result.verdicts
+        ]
         out.extend(
             (topics.control, None, command.target.encode(), encode_command(form), None)
             for command in result.commands
@@ -111,7 +120,7 @@ class StageAgent:
             )
         for letter in result.dead_letters:
             if self._log.admit("stage:" + letter.code) is not None:
-                log.error("dropped a stage record that does not parse (%s): %s", topics.stages, letter.reason)
+                log.error("dropped a stage record (%s): %s", topics.stages, letter.reason)
         for verdict in result.given:
             if verdict.evidence.get("scope") == "tool":
                 m.VERDICTS.labels(verdict.detector, verdict.failure_class.value, verdict.mode).inc()

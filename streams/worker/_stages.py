@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents_contract import MAX_REASON, CommandSigner, KillCommand, bounded_evidence, clip, clip_id
+from agents_contract import (
+    MAX_REASON,
+    CommandSigner,
+    KillCommand,
+    RecordSigner,
+    bounded_evidence,
+    clip,
+    clip_id,
+)
 from detectors import (
     Clock,
     DetectorSettings,
@@ -56,8 +64,17 @@ def _circuit_id(tool: str, generation: int) -> str:
 
 
 class StageJudge:
-    def __init__(self, settings: DetectorSettings, signer: CommandSigner, clock: Clock) -> None:
+    def __init__(
+        self,
+        settings: DetectorSettings,
+        signer: CommandSigner,
+        clock: Clock,
+        *,
+        internal: RecordSigner | None = None,
+    ) -> None:
         self._signer = self.signer = signer
+        # What signs stage records and verdicts between workers (None: no check, for `tripwire replay`).
+        self.internal = internal
         self._clock = clock
         self.reconfigure(settings)
 
@@ -74,7 +91,22 @@ class StageJudge:
     def judge(self, records: Iterable[RawRecord], lookup: StageLookup) -> StageResult:
         result = StageResult()
         policy = self._policy
+        internal = self.internal
         for raw in records:
+            if internal is not None:
+                why = internal.problem(raw.value or b"", raw.headers)
+                if why is not None:
+                    # A stages record a worker did not write could trip a tenant's budget or a tool circuit.
+                    result.dead_letters.append(
+                        DeadLetter(
+                            raw,
+                            "stage record is not signed by a worker"
+                            if why == "unsigned"
+                            else "stage record's signature is not a worker's",
+                            why,
+                        )
+                    )
+                    continue
             try:
                 unpacked = unpack_stage_records(raw.value or b"")
             except ValueError as exc:

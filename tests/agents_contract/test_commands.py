@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from agents_contract import (
@@ -11,7 +12,9 @@ from agents_contract import (
     generate_keypair,
     kill_command_id,
     parse_command,
+    refusal,
 )
+from agents_contract._commands import CLOCK_SKEW_MS
 
 KEY = "k" * 32
 
@@ -105,3 +108,56 @@ def test_bad_ed25519_keys_are_refused_naming_the_problem(key: str, why: str) -> 
         CommandSigner(public_key=key)
     with pytest.raises(ValueError, match=r"signing key \(HMAC\) or an Ed25519 key"):
         CommandSigner()
+
+
+# The fields of a command as the first release's agents parse it (they refuse any other).
+FIRST_RELEASE_FIELDS = {
+    "schema_version", "command_id", "scope", "target", "tenant_id", "reason", "detector", "evidence",
+    "issued_at_ms", "breach_event_id", "breach_seq", "signature",
+}  # fmt: skip
+
+
+def test_ed25519_commands_carry_an_epoch_and_an_expiry_and_the_hmac_copy_neither() -> None:
+    worker = CommandSigner(KEY, private_key=PRIVATE, kill_ttl_s=3600, circuit_ttl_s=60)
+    kill = worker.sign(_command())
+    assert kill.epoch == 0
+    assert kill.expires_at_ms == kill.issued_at_ms + 3_600_000
+    circuit = worker.sign(_command(scope="tool", target="search"))
+    assert circuit.epoch is None
+    assert circuit.expires_at_ms == circuit.issued_at_ms + 60_000
+    hmac_form, ed_form = worker.variants(kill)
+    assert set(orjson.loads(encode_command(hmac_form))) <= FIRST_RELEASE_FIELDS
+    assert CommandSigner(KEY).verify(parse_command(encode_command(hmac_form)))
+    agent = CommandSigner(public_key=PUBLIC)
+    assert agent.verify(parse_command(encode_command(ed_form)))
+    # The epoch and the expiry are signed: moving either breaks the signature.
+    for tamper in ({"epoch": 1}, {"expires_at_ms": kill.expires_at_ms + 1}):
+        assert not agent.verify(ed_form.model_copy(update=tamper))
+
+
+def test_a_command_bound_to_a_new_epoch_verifies_and_keeps_its_id() -> None:
+    worker = CommandSigner(private_key=PRIVATE)
+    kill = worker.sign(_command())
+    bound = worker.bind(kill, 3)
+    assert (bound.epoch, bound.command_id, bound.expires_at_ms) == (3, kill.command_id, kill.expires_at_ms)
+    assert CommandSigner(public_key=PUBLIC).verify(bound)
+    assert worker.bind(bound, 3) is bound
+    hmac_only = CommandSigner(KEY)
+    legacy = hmac_only.sign(_command())
+    assert hmac_only.bind(legacy, 3) is legacy  # an HMAC command has no epoch to bind
+
+
+def test_agents_refuse_commands_of_another_epoch_or_past_their_expiry() -> None:
+    worker = CommandSigner(KEY, private_key=PRIVATE, kill_ttl_s=3600)
+    kill = worker.bind(worker.sign(_command()), 1)
+    issued = kill.issued_at_ms
+    assert refusal(kill, now_ms=issued, epoch=1) is None
+    assert refusal(kill, now_ms=issued, epoch=2) == "stale_epoch"  # released since: a replay
+    assert refusal(kill, now_ms=issued, epoch=0) == "stale_epoch"
+    assert refusal(kill, now_ms=issued, epoch=None) is None  # the agent could not read its epoch
+    assert refusal(kill, now_ms=issued + 3_600_000 + CLOCK_SKEW_MS, epoch=1) is None
+    assert refusal(kill, now_ms=issued + 3_600_001 + CLOCK_SKEW_MS, epoch=1) == "expired"
+    hmac_form, _ = worker.variants(kill)
+    assert refusal(hmac_form, now_ms=issued + 10**12, epoch=5) is None  # the first release's form
+    circuit = worker.sign(_command(scope="tool", target="search"))
+    assert refusal(circuit, now_ms=issued, epoch=7) is None  # a tool has no session epoch

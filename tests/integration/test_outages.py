@@ -170,6 +170,8 @@ async def test_a_fence_lost_with_redis_is_rebuilt_from_the_control_topic(broker:
                     assert time.monotonic() < deadline, "the fence was not rebuilt within 60 s"
                     await asyncio.sleep(0.1)
                 assert await fence.lookup("released") is None  # its release is on the topic too
+                # and so is the epoch it started: a kill captured before it stays refused.
+                assert await fence.epochs(["released", "lost-1"]) == [1, 0]
             finally:
                 await fence.close()
             # A late-attaching agent of a killed session is stopped before its first tool run.

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 AGENT_ACL = (
     "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* %R~tripwire:fence:ed25519:* "
-    "resetchannels -@all "
+    "%R~tripwire:fence:epoch:* resetchannels -@all "
     "+get +mget +ping +exists +hello"
 )
 WORKER_ACL = "user worker on >worker-pw ~* &* +@all"
@@ -97,8 +97,14 @@ async def test_agents_read_the_fence_over_tls_and_only_workers_write_it(acl_redi
         assert held.command_id == "kill-1"
         found = await agent.lookup_many(["s-1", "s-2"])
         assert [c.command_id if c else None for c in found] == ["kill-1", None]
+        assert await worker.new_epoch("s-2") == 1
+        # What an agent reads when it attaches: the kills and the sessions' epochs.
+        views = await agent.view_many(["s-1", "s-2"])
+        assert [(c.command_id if c else None, epoch) for c, epoch in views] == [("kill-1", 0), (None, 1)]
         with pytest.raises(Exception, match="no permissions"):
             await agent.release("s-1")  # an agent cannot lift its own kill
+        with pytest.raises(Exception, match="no permissions"):
+            await agent.new_epoch("s-1")  # nor start an epoch that would void it
         with pytest.raises(Exception, match="no permissions"):
             await agent.kill([kill.model_copy(update={"target": "s-2"})])  # nor fence another session
         assert await worker.lookup("s-1") is not None
