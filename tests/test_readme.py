@@ -28,7 +28,8 @@ async def test_the_readme_agent_is_stopped_by_its_step_ceiling(broker: Broker, r
     exec(compile(readme_example(), str(README), "exec"), namespace)
     # The example uses the default topic names, as a user would; no other test does, so they are private.
     async with LocalStack(
-        bootstrap=broker.bootstrap,
+        # The quickstart's broker: no security settings (the example has none).
+        bootstrap=broker.plain_bootstrap,
         redis_url=redis_url,
         idempotent=broker.idempotent,
         detectors=budget_only(max_steps=20),

@@ -49,7 +49,15 @@ class LocalStack:
         kafka_security: dict[str, Any] | None = None,
         commands: dict[str, Any] | None = None,
         event_signing: dict[str, Any] | None = None,
+        agent_kafka_security: dict[str, Any] | None = None,
+        agent_redis_url: str | None = None,
     ) -> None:
+        # What the stack's agents connect with when it is not what the worker uses (a principal and a Redis
+        # user that may only do what an agent must: write events, read control and the fence).
+        self.agent_security = KafkaSecurity.model_validate(
+            agent_kafka_security if agent_kafka_security is not None else (kafka_security or {})
+        )
+        self._agent_redis_url = agent_redis_url
         self._commands = commands or {}
         self._event_signing = event_signing or {}
         # The `kafka.security` section for the worker and for every client the stack builds.
@@ -74,15 +82,17 @@ class LocalStack:
         self.app_id = f"tripwire-{secrets.token_hex(4)}"
         self.idempotent = True
         # Tests share one broker: private topic names keep one test's events out of the next one's worker.
-        prefix = f"{self.app_id}." if private_topics else ""
+        # The stack's id goes last, so that prefixed ACLs (`agent.events-`, `agent.control-`) can grant an
+        # agent principal exactly the README's rights on every private stack.
+        suffix = f"-{self.app_id}" if private_topics else ""
         self.topics = {
-            "events": f"{prefix}agent.events",
-            "dlq": f"{prefix}agent.events.dlq",
-            "control": f"{prefix}agent.control",
-            "alerts": f"{prefix}guardrail.alerts",
-            "alerts_dlq": f"{prefix}guardrail.alerts.dlq",
-            "stages": f"{prefix}tripwire.stages",
-            "verdicts": f"{prefix}tripwire.verdicts",
+            "events": f"agent.events{suffix}",
+            "dlq": f"agent.events.dlq{suffix}",
+            "control": f"agent.control{suffix}",
+            "alerts": f"guardrail.alerts{suffix}",
+            "alerts_dlq": f"guardrail.alerts.dlq{suffix}",
+            "stages": f"tripwire.stages{suffix}",
+            "verdicts": f"tripwire.verdicts{suffix}",
         }
 
     @property
@@ -181,12 +191,12 @@ class LocalStack:
         """The AgentGuard (or SyncAgentGuard) arguments for this stack."""
         return {
             "bootstrap": self.bootstrap,
-            "redis_url": self.redis_url,
+            "redis_url": self._agent_redis_url or self.redis_url,
             "signing_key": self.signing_key,
             "idempotent": self.idempotent,
             "events_topic": self.topics["events"],
             "control_topic": self.topics["control"],
-            "kafka_security": self.security,
+            "kafka_security": self.agent_security,
         }
 
     def guard(self, **options: Any) -> AgentGuard:

@@ -23,9 +23,7 @@ def detectors() -> dict[str, Any]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(broker: Broker, redis_url: str, detectors: dict[str, Any]) -> AsyncIterator[LocalStack]:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=detectors,
         private_topics=True,
     ) as s:

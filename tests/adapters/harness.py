@@ -42,7 +42,7 @@ async def session_events(
     (by record key: one key, one partition), or every session's when it is None."""
     key = None if session_id is None else session_id.encode()
     events: Events = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["events"], security=stack.security) as reader:
 
         async def check() -> bool:
             for record_key, value, _ in await reader.read():

@@ -327,7 +327,7 @@ async def test_a_tool_switched_off_by_tripwire_does_not_run_and_the_caller_is_to
     async with (
         stack.guard() as guard,
         guard.session("s-oa-circuit", agent_id="team", tenant_id="t", user_id="u") as session,
-        RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer,
+        RecordProducer(stack.bootstrap, idempotent=stack.idempotent, security=stack.security) as producer,
     ):
         command = search_circuit_open(issued_at_ms=guard.now_ms())
         raw = encode_command(CommandSigner(stack.signing_key).sign(command))

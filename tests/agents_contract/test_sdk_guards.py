@@ -217,10 +217,13 @@ async def test_a_signed_tool_command_on_the_control_topic_switches_the_tool_off(
 ) -> None:
     # The broker-side tools, imported here so that the unit tests above need nothing but the contract.
     from streams import RecordProducer, TopicReader, TopicSpec, ensure_topics
+    from tests.conftest import agent_redis
 
     prefix = f"sdk-guards-{secrets.token_hex(4)}"
-    events, control = f"{prefix}.agent.events", f"{prefix}.agent.control"
-    await ensure_topics(broker.bootstrap, [TopicSpec(t, 2, 1, 3_600_000) for t in (events, control)])
+    events, control = f"agent.events-{prefix}", f"agent.control-{prefix}"
+    worker = broker.client_security
+    specs = [TopicSpec(t, 2, 1, 3_600_000) for t in (events, control)]
+    await ensure_topics(broker.bootstrap, specs, security=worker)
     key = secrets.token_hex(32)
     honest, forger = CommandSigner(key), CommandSigner("f" * 32)
     page = " ".join(f"record {i} of the customer ledger for alice" for i in range(8))
@@ -232,7 +235,8 @@ async def test_a_signed_tool_command_on_the_control_topic_switches_the_tool_off(
 
     guard = AgentGuard(
         bootstrap=broker.bootstrap,
-        redis_url=redis_url,
+        redis_url=agent_redis(redis_url),
+        kafka_security=broker.agent_security or None,
         signing_key=key,
         idempotent=broker.idempotent,
         events_topic=events,
@@ -241,7 +245,7 @@ async def test_a_signed_tool_command_on_the_control_topic_switches_the_tool_off(
     async with (
         guard,
         guard.session("s-circuit", agent_id="a1", tenant_id="t", user_id="u") as session,
-        RecordProducer(broker.bootstrap, idempotent=broker.idempotent) as producer,
+        RecordProducer(broker.bootstrap, idempotent=broker.idempotent, security=worker) as producer,
     ):
         assert await session.call_tool("search", {"q": " Alice  Ledger", "page": None}, search, 1) == page
         await session.remember("notes", "k-1", page)
@@ -275,7 +279,7 @@ async def test_a_signed_tool_command_on_the_control_topic_switches_the_tool_off(
         assert await session.call_tool("search", {"q": "alice ledger"}, search, 3) == page
 
     bodies: list[dict[str, Any]] = []
-    async with TopicReader(broker.bootstrap, events) as reader:
+    async with TopicReader(broker.bootstrap, events, security=worker) as reader:
 
         async def all_published() -> bool:
             bodies.extend(orjson.loads(value or b"{}") for _, value, _ in await reader.read())

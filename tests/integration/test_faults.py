@@ -72,9 +72,7 @@ def poison(stack: LocalStack, i: int) -> list[tuple[str, bytes | None, bytes]]:
 @pytest.fixture
 async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         private_topics=True,
     ) as s:
@@ -87,7 +85,9 @@ async def test_poison_at_a_steady_rate_beside_runaways_every_runaway_killed(stac
 
     async def flow() -> None:
         nonlocal sent
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        async with RecordProducer(
+            stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+        ) as producer:
             # A record just under a megabyte: over what the worker's producer could copy to the DLQ whole.
             huge = b'{"prompt": "' + b"A" * 1_000_100 + b'"}'
             await (await producer.send(stack.topics["events"], b"poison", huge))
@@ -126,9 +126,7 @@ async def test_the_kill_path_survives_redis_restarting_and_going_away(broker: Br
     redis = EmbeddedRedis(binary=redis_binary()).start()
     try:
         async with LocalStack(
-            bootstrap=broker.bootstrap,
-            redis_url=redis.url,
-            idempotent=broker.idempotent,
+            **{**broker.stack_options(redis.url), "agent_redis_url": None},
             detectors=budget_only(max_steps=5),
             private_topics=True,
         ) as stack:
@@ -167,7 +165,9 @@ async def test_the_kill_path_survives_redis_restarting_and_going_away(broker: Br
                 await wait_for("the outage's kill in the fence", fenced)
             finally:
                 await fence.close()
-            async with TopicReader(stack.bootstrap, stack.topics["alerts"]) as reader:
+            async with TopicReader(
+                stack.bootstrap, stack.topics["alerts"], security=stack.security
+            ) as reader:
                 statuses: list[str] = []
 
                 async def paged() -> bool:
@@ -189,9 +189,7 @@ async def test_a_worker_on_a_broker_without_its_topics_creates_them_and_judges(
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         private_topics=True,
         create_topics=False,
@@ -204,7 +202,7 @@ async def test_a_worker_on_a_broker_without_its_topics_creates_them_and_judges(
         # The worker made its changelogs before joining the group (creating them again finds them there).
         names = [changelog_topic(stack.app_id, table) for table in ("sessions", "stages")]
         specs = [TopicSpec(name, 4, 1, 0, compact=True) for name in names]
-        outcomes = await ensure_topics(stack.bootstrap, specs)
+        outcomes = await ensure_topics(stack.bootstrap, specs, security=stack.security)
         assert [(o.created, o.partitions) for o in outcomes] == [(False, 4), (False, 4)]
 
 
@@ -212,7 +210,9 @@ async def test_a_flood_of_malformed_records_is_drained_while_runaways_beside_it_
     stack: LocalStack,
 ) -> None:
     flood = 20_000
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent, linger_ms=5) as producer:
+    async with RecordProducer(
+        stack.bootstrap, idempotent=stack.idempotent, linger_ms=5, security=stack.security
+    ) as producer:
         for i in range(flood):
             key = f"flood-{i % 101}".encode()
             value = b"\xff not json" if i % 2 else orjson.dumps({"kind": "turn.completed", "session_id": "x"})
@@ -233,7 +233,7 @@ async def test_a_flood_of_malformed_records_is_drained_while_runaways_beside_it_
     # Every malformed record has its dead letter, and the worker committed past all of them.
     await stack.drain(timeout_s=DEADLINE_S)
     letters = 0
-    async with TopicReader(stack.bootstrap, stack.topics["dlq"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["dlq"], security=stack.security) as reader:
 
         async def counted() -> bool:
             nonlocal letters

@@ -35,9 +35,7 @@ async def stack(broker: Broker, redis_url: str, request: pytest.FixtureRequest) 
     marker = request.node.get_closest_marker("limits")
     limits = marker.kwargs if marker else {"max_steps": 5}
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(**limits),
         private_topics=True,
     ) as s:
@@ -52,7 +50,7 @@ async def read_topic(
     stack: LocalStack, topic: str, match: Callable[[bytes | None, bytes | None, dict[str, bytes]], bool]
 ) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     found: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-    async with TopicReader(stack.bootstrap, topic) as reader:
+    async with TopicReader(stack.bootstrap, topic, security=stack.security) as reader:
 
         async def check() -> bool:
             found.extend(r for r in await reader.read() if match(*r))
@@ -109,7 +107,7 @@ async def test_kill_stops_the_agent_mid_call_and_is_acknowledged(stack: LocalSta
     # The kill arrived while the run was still in its slow call: `stopping` at once, `stopped` once the run
     # had ended; only the second settles the kill.
     outcomes: list[str] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["events"], security=stack.security) as reader:
 
         async def stopped() -> bool:
             outcomes.extend(orjson.loads(r[1] or b"")["outcome"] for r in await reader.read() if is_ack(*r))
@@ -168,7 +166,11 @@ async def test_forged_and_unsigned_kills_are_ignored(stack: LocalStack) -> None:
     async with stack.guard() as guard:
         victim = guard.session("s-victim", agent_id="a1", tenant_id="t", user_id="u")
         witness = guard.session("s-witness", agent_id="a1", tenant_id="t", user_id="u")
-        async with victim, witness, RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        async with (
+            victim,
+            witness,
+            RecordProducer(stack.bootstrap, idempotent=stack.idempotent, security=stack.security) as producer,
+        ):
             # All on one partition, in order: once the witness's valid kill is read, the forged ones were too.
             topic = stack.topics["control"]
             for raw in (
@@ -188,7 +190,9 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_worker_keeps
     stack: LocalStack,
 ) -> None:
     garbage = [b"\xff\xfe not json", orjson.dumps({"schema_version": 1, "kind": "tool.called"})]
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+    async with RecordProducer(
+        stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+    ) as producer:
         for raw in garbage:
             await (await producer.send(stack.topics["events"], b"s-bad", raw))
 
@@ -200,7 +204,7 @@ async def test_malformed_events_go_to_the_dead_letter_topic_and_the_worker_keeps
             await s.run(runaway(s))
 
     letters: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["dlq"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["dlq"], security=stack.security) as reader:
 
         async def both_dead_lettered() -> bool:
             letters.extend(await reader.read())

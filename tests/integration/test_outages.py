@@ -53,9 +53,7 @@ async def test_agents_keep_working_through_a_broker_outage_and_are_killed_once_i
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=MAX_STEPS),
         private_topics=True,
     ) as stack:
@@ -142,9 +140,7 @@ async def test_a_fence_lost_with_redis_is_rebuilt_from_the_control_topic(broker:
     redis = EmbeddedRedis(binary=redis_binary()).start()
     try:
         async with LocalStack(
-            bootstrap=broker.bootstrap,
-            redis_url=redis.url,
-            idempotent=broker.idempotent,
+            **{**broker.stack_options(redis.url), "agent_redis_url": None},
             detectors=budget_only(max_steps=3),
             private_topics=True,
         ) as stack:

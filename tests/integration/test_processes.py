@@ -31,9 +31,7 @@ async def test_two_worker_processes_share_the_partitions_and_kill_runaways_on_al
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         private_topics=True,
         partitions=4,
@@ -62,9 +60,7 @@ async def test_the_keyed_stages_in_their_own_process_still_kill(broker: Broker, 
     detectors = budget_only(max_steps=50)
     detectors["agent_budget"] = {"enabled": True, "max_cost_usd": 1.0, "window_s": 3600}
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=detectors,
         worker={"stages": "own_process"},
         private_topics=True,

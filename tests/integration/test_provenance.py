@@ -48,9 +48,7 @@ async def steps(session: GuardedSession, count: int) -> None:
 
 async def test_only_signed_events_of_a_signing_tenant_are_judged(broker: Broker, redis_url: str) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         event_signing={"tenant_keys": {"acme": ACME_KEY}},
         private_topics=True,
@@ -94,9 +92,7 @@ async def test_only_signed_events_of_a_signing_tenant_are_judged(broker: Broker,
 
 async def test_a_kill_verdict_only_a_worker_signed_kills(broker: Broker, redis_url: str) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=1000),
         private_topics=True,
     ) as stack:

@@ -7,7 +7,6 @@ same users are tested on a plain port."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,55 +14,11 @@ from pathlib import Path
 import pytest
 
 from agents_contract import CommandSigner, Fence, KillCommand
-from streams import free_port
-from streams.lab._embedded import _valkey_binary, _wait_for_port
+from streams.lab._embedded import _valkey_binary
 from tests._tls import make_pki
-from tests.conftest import redis_binary
+from tests.conftest import redis_binary, start_acl_redis
 
 pytestmark = pytest.mark.integration
-
-AGENT_ACL = (
-    "user agent on >agent-pw resetkeys %R~tripwire:fence:session:* %R~tripwire:fence:ed25519:* "
-    "%R~tripwire:fence:epoch:* resetchannels -@all "
-    "+get +mget +ping +exists +hello"
-)
-WORKER_ACL = "user worker on >worker-pw ~* &* +@all"
-
-
-def _server(binary: str, where: Path, *, tls: bool) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    listen = (
-        [
-            "port 0",
-            f"tls-port {port}",
-            f"tls-cert-file {where / 'server.pem'}",
-            f"tls-key-file {where / 'server.key'}",
-            f"tls-ca-cert-file {where / 'ca.pem'}",
-            "tls-auth-clients no",
-        ]
-        if tls
-        else [f"port {port}"]
-    )
-    conf = where / "redis.conf"
-    conf.write_text(
-        "\n".join(
-            [
-                *listen,
-                "bind 127.0.0.1",
-                'save ""',
-                "appendonly no",
-                "user default off",
-                WORKER_ACL,
-                AGENT_ACL,
-                "",
-            ]
-        )
-    )
-    log = where / "redis.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([binary, str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    _wait_for_port(port, proc, "redis", log, 30)
-    return proc, port
 
 
 @pytest.fixture
@@ -73,7 +28,7 @@ def acl_redis() -> Iterator[tuple[str, bool]]:
     where = Path(tempfile.mkdtemp(prefix="tripwire-redis-acl-"))
     make_pki(where)
     tls = binary is not None  # Debian's redis-server has TLS; the embedded Valkey has not
-    proc, port = _server(binary or _valkey_binary(), where, tls=tls)
+    proc, port = start_acl_redis(binary or _valkey_binary(), where, tls=tls)
     try:
         yield (f"localhost:{port}/0?ssl_ca_certs={where / 'ca.pem'}" if tls else f"127.0.0.1:{port}/0"), tls
     finally:

@@ -31,9 +31,7 @@ pytestmark = pytest.mark.integration
 
 async def _stack(broker: Broker, redis_url: str, detectors: dict[str, Any]) -> LocalStack:
     return LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=detectors,
         private_topics=True,
     )
@@ -48,7 +46,7 @@ async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
 async def events_of(stack: LocalStack, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
     """Events on the stack's events topic (each parsed by the contract) until `until` holds."""
     seen: list[dict[str, Any]] = []
-    async with TopicReader(stack.bootstrap, stack.topics["events"]) as reader:
+    async with TopicReader(stack.bootstrap, stack.topics["events"], security=stack.security) as reader:
 
         async def check() -> bool:
             for _key, value, _headers in await reader.read():

@@ -67,9 +67,7 @@ async def test_public_key_agents_and_shared_key_agents_are_both_killed_while_com
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         commands={"private_key": PRIVATE},
         private_topics=True,
@@ -89,9 +87,7 @@ async def test_public_key_agents_and_shared_key_agents_are_both_killed_while_com
 
 async def test_with_compatibility_off_only_ed25519_goes_out(broker: Broker, redis_url: str) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         commands={"private_key": PRIVATE, "hmac_compat": False},
         private_topics=True,
@@ -119,9 +115,7 @@ async def test_a_kill_replayed_after_release_is_refused_and_later_kills_still_st
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         commands={"private_key": PRIVATE},
         private_topics=True,
@@ -165,9 +159,7 @@ async def test_a_detector_kill_after_a_release_is_bound_to_the_new_epoch(
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         commands={"private_key": PRIVATE, "hmac_compat": False},
         private_topics=True,

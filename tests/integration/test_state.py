@@ -15,9 +15,7 @@ pytestmark = pytest.mark.integration
 
 async def test_an_ended_session_is_evicted_with_a_tombstone(broker: Broker, redis_url: str) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=50),
         worker={"evict_ended_after_s": 0},
         private_topics=True,
@@ -39,9 +37,7 @@ async def test_a_stage_key_expires_with_its_window(broker: Broker, redis_url: st
     detectors = budget_only(max_steps=50)
     detectors["agent_budget"] = {"enabled": True, "max_cost_usd": 1000, "window_s": 1}
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=detectors,
         private_topics=True,
     ) as stack:
@@ -67,9 +63,7 @@ async def test_a_burst_of_one_session_is_checkpointed_once_per_interval_not_per_
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=10_000),
         worker={"checkpoint_interval_s": 2.0},
         private_topics=True,
@@ -87,7 +81,9 @@ async def test_a_burst_of_one_session_is_checkpointed_once_per_interval_not_per_
             stack, f"{stack.app_id}-sessions-changelog", lambda key, value, headers: key == b"s-burst"
         )
         written = []
-        async with TopicReader(stack.bootstrap, f"{stack.app_id}-sessions-changelog") as reader:
+        async with TopicReader(
+            stack.bootstrap, f"{stack.app_id}-sessions-changelog", security=stack.security
+        ) as reader:
             while records := await reader.read(timeout_ms=1000):
                 written.extend(r for r in records if r[0] == b"s-burst")
         # 601 events (300 tool calls of two events, and the end), judged in a few checkpoint intervals.

@@ -59,9 +59,7 @@ async def test_a_kill_pages_every_sink_from_inside_the_worker(
     broker: Broker, redis_url: str, receivers: Receivers
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=5),
         sinks={"in_worker": True, "targets": targets(receivers, "e2e"), "delivery": FAST},
         private_topics=True,
@@ -100,9 +98,7 @@ async def test_alertmanager_shows_the_alert_and_its_resolution(
 ) -> None:
     tag = secrets.token_hex(3)
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         sinks={"targets": [{"name": f"am-{tag}", "type": "alertmanager", "url": alertmanager}]},
         private_topics=True,
     ) as stack:
@@ -112,7 +108,9 @@ async def test_alertmanager_shows_the_alert_and_its_resolution(
         stop = asyncio.Event()
         runner = asyncio.create_task(run_sinks(settings, stop=stop))
         try:
-            async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+            async with RecordProducer(
+                stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+            ) as producer:
                 await (await producer.send(settings.topics.alerts, b"k", firing.to_bytes()))
 
                 async def shown(state: str) -> list[dict[str, Any]] | None:
@@ -141,9 +139,7 @@ async def test_an_outage_delays_alerts_and_loses_or_repeats_none(
 ) -> None:
     tag = secrets.token_hex(3)
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         sinks={"targets": targets(receivers, tag), "delivery": FAST},
         private_topics=True,
     ) as stack:
@@ -153,7 +149,9 @@ async def test_an_outage_delays_alerts_and_loses_or_repeats_none(
             make_alert(alert_id=f"a-{i}", command_id=f"k-{i}", session_id=f"s-out-{i}") for i in range(3)
         ]
         resolved = make_alert(alert_id="a-0", command_id="k-0", session_id="s-out-0", status="resolved")
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        async with RecordProducer(
+            stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+        ) as producer:
             for alert in [*alerts, resolved]:
                 key = alert.session_id.encode()
                 await (await producer.send(settings.topics.alerts, key, alert.to_bytes()))
@@ -187,7 +185,9 @@ async def test_an_outage_delays_alerts_and_loses_or_repeats_none(
                 group = sink_group(settings, target["name"])
                 await wait_for(
                     f"{group} caught up",
-                    lambda g=group: _is_zero(consumer_lag(stack.bootstrap, g, settings.topics.alerts)),
+                    lambda g=group: _is_zero(
+                        consumer_lag(stack.bootstrap, g, settings.topics.alerts, security=stack.security)
+                    ),
                 )
         finally:
             stop2.set()
@@ -203,23 +203,25 @@ async def test_a_rejected_alert_is_dead_lettered_and_the_next_one_delivered(
 ) -> None:
     tag = secrets.token_hex(3)
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         sinks={"targets": targets(receivers, tag)[:1], "delivery": FAST},
         private_topics=True,
     ) as stack:
         settings = load_settings(stack.workdir / "tripwire.yaml")
         bad = make_alert(alert_id="a-bad", command_id="k-bad", session_id="s-reject")
         good = make_alert(alert_id="a-good", command_id="k-good", session_id="s-fine")
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        async with RecordProducer(
+            stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+        ) as producer:
             for raw in (bad.to_bytes(), b"not an alert", good.to_bytes()):
                 await (await producer.send(settings.topics.alerts, b"k", raw))
         stop = asyncio.Event()
         runner = asyncio.create_task(run_sinks(settings, stop=stop))
         try:
             await wait_for("the good alert", lambda: _true(len(receivers.of("pagerduty")) == 1))
-            async with TopicReader(stack.bootstrap, settings.topics.alerts_dlq) as reader:
+            async with TopicReader(
+                stack.bootstrap, settings.topics.alerts_dlq, security=stack.security
+            ) as reader:
                 letters: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
 
                 async def two_letters() -> bool:

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_demo_json_kills_every_runaway_and_no_healthy_agent(broker: Broker, redis_url: str) -> None:
     command = [sys.executable, "-m", "streams", "demo", "--json"]
     if broker.kind != "embedded":
-        command += ["--bootstrap", broker.bootstrap, "--redis", redis_url]
+        command += ["--bootstrap", broker.plain_bootstrap, "--redis", redis_url]
     # Embedded: the demo starts its own broker and Valkey, exactly as `make demo` does on a fresh machine.
     done = subprocess.run(command, capture_output=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]

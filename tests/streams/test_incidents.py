@@ -36,9 +36,7 @@ async def test_a_real_kill_reads_as_an_incident_with_timeline_and_acknowledgemen
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=6),
         private_topics=True,
     ) as stack:

@@ -45,9 +45,7 @@ async def test_a_changed_detector_config_applies_to_the_running_worker(
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=1000),
         worker={"timer_interval_s": 0.2},
         private_topics=True,
@@ -85,9 +83,7 @@ async def test_a_tool_failing_across_sessions_is_switched_off_in_every_agent(
     detectors = budget_only(max_steps=1000)
     detectors["tool_circuit"] = {"min_calls": 6, "error_ratio": 0.5, "window_s": 60, "open_s": 300}
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=detectors,
         private_topics=True,
     ) as stack:

@@ -47,9 +47,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 async def test_metrics_move_during_a_demo_run(broker: Broker, redis_url: str) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=DEMO_DETECTORS,
         private_topics=True,
     ) as stack:
@@ -85,15 +83,15 @@ async def test_a_kill_nobody_acknowledges_is_escalated_once_across_restarts(
     broker: Broker, redis_url: str
 ) -> None:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=2),
         worker={"kill_ack_timeout_s": 4},
         private_topics=True,
     ) as stack:
         # An agent without the SDK (or one that died): its events breach, nothing ever acknowledges.
-        async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+        async with RecordProducer(
+            stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+        ) as producer:
             for seq in (1, 2, 3):
                 event = ToolCalled(
                     event_id=f"silent-{seq}",
@@ -109,7 +107,7 @@ async def test_a_kill_nobody_acknowledges_is_escalated_once_across_restarts(
                 )
                 await (await producer.send(stack.topics["events"], b"s-silent", encode_event(event)))
 
-        async with TopicReader(stack.bootstrap, stack.topics["alerts"]) as alerts:
+        async with TopicReader(stack.bootstrap, stack.topics["alerts"], security=stack.security) as alerts:
             seen: list[dict[str, Any]] = []
 
             async def alert_with(action: str) -> dict[str, Any] | None:

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def stack(broker: Broker, redis_url: str) -> AsyncIterator[LocalStack]:
     async with LocalStack(
-        bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        idempotent=broker.idempotent,
+        **broker.stack_options(redis_url),
         detectors=budget_only(max_steps=1000),
         private_topics=True,
     ) as s:
@@ -126,7 +124,9 @@ async def test_a_manual_kill_stops_the_agent_once_and_tail_shows_it_signed(stack
 async def test_tail_dlq_shows_the_reason_and_the_shape_but_not_the_content(stack: LocalStack) -> None:
     settings = settings_of(stack)
     secret = b'{"schema_version": 1, "kind": "heartbeat", "prompt": "my card number is 4111"}'
-    async with RecordProducer(stack.bootstrap, idempotent=stack.idempotent) as producer:
+    async with RecordProducer(
+        stack.bootstrap, idempotent=stack.idempotent, security=stack.security
+    ) as producer:
         await (await producer.send(stack.topics["events"], b"s-bad", b"{not json"))
         await (await producer.send(stack.topics["events"], b"s-bad", secret))
     deadline = time.monotonic() + 60
