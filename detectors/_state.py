@@ -20,7 +20,7 @@ from agents_contract import AgentEvent, TurnCompleted
 
 _WINDOW_BITS: Final = 64
 _WINDOW_MASK: Final = (1 << _WINDOW_BITS) - 1
-_FORMAT: Final = 5
+_FORMAT: Final = 6
 # Recent event ids per session (crc32, 8 hex digits each, in one string to keep the checkpoint small): a
 # producer that re-sends an event under a new seq is still caught.
 _RECENT_IDS: Final = 8
@@ -72,6 +72,9 @@ class SessionState:
     # The time of the session's first accepted event, fixed from then on: detector windows keep event times
     # relative to it (`event_time_ms - origin_ms`), a few digits instead of thirteen.
     origin_ms: int = 0
+    # Agents of the session that said session.started and not yet session.ended: a multi-agent session ends
+    # when its last agent has (a helper that finished early does not end it for its team).
+    open_agents: int = 0
     # Not checkpointed: set by the suite for the event being judged when it is older than the session's
     # newest event by more than the allowed lateness, so windowed detectors leave it out.
     late: bool = False
@@ -142,8 +145,13 @@ class SessionState:
             self.origin_ms = t
         self.events += 1
         kind = event.kind
-        if kind == "session.ended":
-            self.ended = True
+        if kind == "session.started":
+            self.open_agents += 1
+            self.ended = False
+        elif kind == "session.ended":
+            # Events from producers that never said session.started end the session at once, as before.
+            self.open_agents = max(0, self.open_agents - 1)
+            self.ended = self.open_agents == 0
         if not self.first_event_ms or t < self.first_event_ms:
             self.first_event_ms = t
         if t > self.last_event_ms:
@@ -181,17 +189,18 @@ class SessionState:
                 self.heard_ms,
                 self.recent_ids,
                 self.origin_ms,
+                self.open_agents,
             ]
         )
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> SessionState:
         fmt, *fields = orjson.loads(raw)
-        if fmt not in (1, 2, 3, 4, _FORMAT):
+        if fmt not in (1, 2, 3, 4, 5, _FORMAT):
             raise ValueError(f"session state format {fmt} is unknown to this version (it reads 1-{_FORMAT})")
         # Each format appends fields to the one before (2: the kill's acknowledgement, 3: detector windows,
-        # 4: recent event ids, 5: the origin of window times), so an older record is the newer one with
-        # defaults for the fields it lacks.
+        # 4: recent event ids, 5: the origin of window times, 6: agents still attached), so an older record
+        # is the newer one with defaults for the fields it lacks.
         state = cls(*fields)
         if fmt < 4:  # the replay filter kept long agent ids whole before format 4
             state.seen = {_filter_key(k): v for k, v in state.seen.items()}

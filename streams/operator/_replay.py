@@ -9,11 +9,12 @@ sent: the tool for tuning windows and thresholds on real traffic before switchin
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from pydantic import ValidationError
@@ -73,8 +74,9 @@ class Replay:
     def _clock(self) -> int:
         return self.now_ms
 
-    def feed(self, lines: Iterable[bytes]) -> ReplayReport:
-        for number, line in enumerate(lines, 1):
+    def feed(self, lines: Iterable[tuple[int, bytes]]) -> ReplayReport:
+        """Judge (line number, line) pairs in the order given."""
+        for number, line in lines:
             if not line.strip():
                 continue
             time_ms, key = _peek(line)
@@ -140,9 +142,48 @@ def _peek(line: bytes) -> tuple[int | None, bytes | None]:
     )
 
 
+# Recordings up to this many lines are put in event-time order in memory; longer ones must come in order.
+MAX_SORTED_LINES: Final = 1_000_000
+
+
+def event_time_order(lines: Iterable[bytes], *, limit: int = MAX_SORTED_LINES) -> Iterator[tuple[int, bytes]]:
+    """The recording's lines, numbered from 1 as in the file, in event-time order (each line's place among
+    equal times kept).
+
+    The replay's clock is the newest event time it has read, so a recording of sessions one after another
+    (each in its own order) would judge a later session's early events after the clock had passed them.
+    Up to `limit` lines are sorted in memory; a longer recording is replayed as it comes and refused, naming
+    the line, at the first event older than one before it (sort it by `event_time_ms` first). A line
+    without an event time keeps the time of the line before it (it is dead-lettered where it stands)."""
+    head: list[tuple[int, int, bytes]] = []
+    numbered = enumerate(lines, 1)
+    last = 0
+    for number, line in numbered:
+        time_ms = _peek(line)[0] if line.strip() else None
+        last = time_ms if time_ms is not None else last
+        head.append((last, number, line))
+        if len(head) > limit:
+            break
+    else:
+        head.sort(key=lambda item: item[0])  # stable: equal times keep their order
+        yield from ((number, line) for _, number, line in head)
+        return
+    newest = 0
+    rest = ((_peek(line)[0] or 0, number, line) for number, line in numbered)
+    for time_ms, number, line in itertools.chain(head, rest):
+        if time_ms and time_ms < newest:
+            raise ConfigError(
+                f"line {number}: event_time_ms {time_ms} is {(newest - time_ms) / 1000:g} s before an "
+                f"earlier line's; a recording of more than {limit:,} lines must be in event-time order "
+                "(sort it by event_time_ms first)"
+            )
+        newest = max(newest, time_ms)
+        yield number, line
+
+
 def replay_lines(lines: Iterable[bytes], settings: DetectorSettings, *, horizon_ms: int = 0) -> ReplayReport:
     replay = Replay(settings)
-    replay.feed(lines)
+    replay.feed(event_time_order(lines))
     if horizon_ms:
         # Let the clock run on past the last event, so sessions that went quiet meet their timers.
         replay.advance(replay.now_ms + horizon_ms)

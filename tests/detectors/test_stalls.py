@@ -8,7 +8,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentWaiting, Heartbeat, SessionEnded, ToolCalled, TurnStarted
+from agents_contract import AgentWaiting, Heartbeat, SessionEnded, SessionStarted, ToolCalled, TurnStarted
 from detectors import FailureClass, SessionState, TimedDetector, Verdict
 from detectors._stalls import STALL_DETECTORS, Deadlock, Stall
 from tests.detectors.sessions import T0, SessionUnderTest
@@ -28,6 +28,9 @@ class Session(SessionUnderTest):
 
     def end(self, t: int, agent: str = "a1") -> list[Verdict]:
         return self.send(SessionEnded(**self.envelope(t, agent)))
+
+    def start(self, t: int, agent: str) -> list[Verdict]:
+        return self.send(SessionStarted(**self.envelope(t, agent)))
 
 
 # Stall
@@ -70,6 +73,23 @@ def test_an_ended_session_never_stalls() -> None:
     s.end(500, "a1")
     assert stall.expire(s.state, T0 + 3_600_000) is None
     assert s.suite.expire(s.state, T0 + 3_600_000) == []
+
+
+def test_a_team_session_ends_when_its_last_agent_has_not_its_first() -> None:
+    s = Session(Stall(quiet_ms=300_000))
+    s.start(0, "lead")
+    s.start(1_000, "helper")
+    s.work(2_000, "lead")
+    s.end(3_000, "helper")  # the helper finished; the lead is still at work, then goes quiet
+    assert not s.state.ended
+    (verdict,) = s.suite.expire(s.state, T0 + 3_000 + 301_000)
+    assert verdict.detector == "stall"
+    # The same after a checkpoint: the count of agents still attached is part of the state.
+    assert SessionState.from_bytes(s.state.to_bytes()).open_agents == 1
+    s.end(400_000, "lead")
+    assert s.state.ended
+    s.start(500_000, "lead")  # attached again: judged again
+    assert not s.state.ended
 
 
 def test_a_session_with_no_events_yet_does_not_stall() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents_contract import encode_event
+from agents_contract import CommandSigner, encode_event
 from detectors import DetectorSettings, keyed_detectors, session_detectors
 from streams.lab._scenarios import Scenario, in_time_order, overrides, scenario_library
 from streams.operator._cli import main
@@ -122,3 +122,51 @@ def test_duplicated_and_reordered_deliveries_change_no_verdict() -> None:
         return {(v.session_id, v.detector) for v, _ in report.verdicts}
 
     assert judged(again) == judged(clean)
+
+
+def test_sessions_recorded_one_after_another_give_the_verdicts_of_time_order() -> None:
+    lines, settings, library = recording()
+    clean = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
+    # The same events as a user may export them: session by session, each in its own order.
+    concatenated = [encode_event(e) for scenario in library for e in scenario.events]
+    assert concatenated != lines
+    again = replay_lines(concatenated, settings, horizon_ms=HORIZON_S * 1000)
+    assert sorted(str(v.describe()) for v, _ in again.verdicts) == sorted(
+        str(v.describe()) for v, _ in clean.verdicts
+    )
+
+
+def test_a_long_recording_out_of_time_order_is_refused_naming_the_line() -> None:
+    from streams import ConfigError
+    from streams.operator._replay import event_time_order
+
+    lines, _, _ = recording()
+    assert [n for n, _ in event_time_order(lines[:50], limit=10)] == list(range(1, 51))  # in order: streamed
+    later = next(
+        i
+        for i, line in enumerate(lines)
+        if orjson.loads(line)["event_time_ms"] > orjson.loads(lines[0])["event_time_ms"]
+    )
+    backwards = [lines[later], *lines[:later], *lines[later + 1 : 20 + later]][:20]
+    with pytest.raises(ConfigError, match=r"line 2: event_time_ms \d+ is [\d.]+ s before an earlier line's"):
+        list(event_time_order(backwards, limit=10))
+    # Within the limit it is sorted instead, and the lines keep their numbers for the dead letters.
+    numbers = [n for n, _ in event_time_order(backwards, limit=100)]
+    assert sorted(numbers) == list(range(1, 21))
+
+
+def test_an_event_time_written_as_a_float_is_dead_lettered_by_worker_and_replay_alike() -> None:
+    from streams.worker._pipeline import Pipeline, RawRecord
+
+    lines, settings, _ = recording()
+    event = orjson.loads(lines[0])
+    event["event_time_ms"] = float(event["event_time_ms"])  # what Python's json writes for 1767225600000.0
+    raw = orjson.dumps(event)
+    report = replay_lines([raw, *lines[1:3]], settings)
+    ((number, reason),) = report.dead_letters
+    assert number == 1
+    assert "event_time_ms" in reason
+    assert "integer" in reason
+    pipeline = Pipeline.from_settings(settings, CommandSigner(KEY), lambda: 0, verdicts_topic="v")
+    (letter,) = pipeline.judge([RawRecord(event["session_id"].encode(), raw, 0, 0)], {}.get).dead_letters
+    assert letter.reason == reason
