@@ -84,6 +84,8 @@ async def guarded_run(
         except BaseException as exc:
             gates.abandon(exc)
             raise
+        finally:
+            gates.close_open_calls()
 
     with _circuit_errors():
         return await session.run(run())
@@ -123,6 +125,7 @@ def guarded_run_sync(
         finally:
             _RUN_SESSION.reset(token)
             gates.finish()
+            gates.close_open_calls()
 
 
 # The session of the guarded run this code runs in: the runner starts each tool body in a task of its own,
@@ -294,6 +297,13 @@ class _RunGates(RunHooks[Any]):
                 tool_call.failed(reason)
         self._models.clear()
         self._tools.clear()
+
+    def close_open_calls(self) -> None:
+        """Report as stopped the calls the runner started and never reported ended (a tool task cancelled
+        under a kill, for one), before the run's end lets the kill be acknowledged `stopped`: every call
+        reported started is reported ended first."""
+        if self._models or self._tools:
+            self.abandon(asyncio.CancelledError("the run ended before the call was reported ended"))
 
     def cancellable(self, run_config: RunConfig | None) -> RunConfig:
         """`run_config` with a model input filter that notes the task making each model call, which is the
