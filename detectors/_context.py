@@ -2,9 +2,10 @@
 
 `ContextBlowup` reads `context_tokens` from each completed turn. A turn above `max_context_tokens` fires at
 once; a turn above `growth_factor` times the median of the same agent's recent turns fires once the agent
-has `min_turns` turns behind it, which catches a tool result or a loop stuffing the context long before the
-hard limit. The median is per agent because the agents of one session keep separate contexts: a planner's
-large prompt is not a blowup of its workers' small ones.
+has `min_turns` turns behind it and the turn is at least `min_growth_tokens` (a 6k context that reads a
+file to 38k is a sixfold jump and no danger to any model), which catches a tool result or a loop stuffing
+the context long before the hard limit. The median is per agent because the agents of one session keep
+separate contexts: a planner's large prompt is not a blowup of its workers' small ones.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class ContextBlowup:
         max_context_tokens: int | None = 200_000,
         growth_factor: float | None = 4.0,
         min_turns: int = 5,
+        min_growth_tokens: int = 0,
     ) -> None:
         if max_context_tokens is not None and max_context_tokens <= 0:
             raise ValueError(f"max_context_tokens must be positive or None, got {max_context_tokens!r}")
@@ -54,6 +56,9 @@ class ContextBlowup:
         self.max_context_tokens = max_context_tokens
         self.growth_factor = growth_factor
         self.min_turns = min_turns
+        if min_growth_tokens < 0:
+            raise ValueError(f"min_growth_tokens must be 0 or more, got {min_growth_tokens!r}")
+        self.min_growth_tokens = min_growth_tokens
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         # A turn that does not report its context size (0) says nothing about growth.
@@ -85,7 +90,7 @@ class ContextBlowup:
         agents[agent] = history
         if len(agents) > _AGENTS:
             del agents[next(iter(agents))]
-        if found is None and len(history) >= self.min_turns:
+        if found is None and len(history) >= self.min_turns and tokens >= self.min_growth_tokens:
             median = _median(history)
             limit = self.growth_factor * median
             if tokens > limit:

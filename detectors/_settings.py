@@ -144,6 +144,9 @@ class ContextBlowupSettings(_Section):
     max_context_tokens: _Positive | None = 200_000
     growth_factor: Annotated[float, Field(gt=1, le=1000, allow_inf_nan=False)] | None = 4.0
     min_turns: Annotated[int, Field(ge=1)] = 5
+    # The growth rule judges only turns at least this large: a small context growing several times over
+    # (a file read into a 6k prompt) endangers no model.
+    min_growth_tokens: Annotated[int, Field(ge=0)] = 50_000
 
 
 class MemoryWriteAmplificationSettings(_Section):
@@ -335,7 +338,10 @@ def session_detectors(s: DetectorSettings) -> DetectorSet:
     arm(
         c,
         ContextBlowup(
-            max_context_tokens=c.max_context_tokens, growth_factor=c.growth_factor, min_turns=c.min_turns
+            max_context_tokens=c.max_context_tokens,
+            growth_factor=c.growth_factor,
+            min_turns=c.min_turns,
+            min_growth_tokens=c.min_growth_tokens,
         ),
     )
     m = s.memory_write_amplification

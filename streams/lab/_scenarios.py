@@ -421,6 +421,13 @@ def _healthy(lib: _Library) -> None:
         s.tool(lib.tool("append"), {"i": i})
     s.end()
 
+    # A file read into a small context: six times the usual size, far below any model's limit.
+    s = lib.session(lib.scenario("file-into-context", None))
+    for i, context in enumerate((6_000, 6_200, 5_900, 6_100, 6_000, 38_000, 38_500)):
+        s.turn(context=context, cost=0.01)
+        s.tool(lib.tool("read_file"), {"path": f"src/module_{i}.py"}, {"lines": 400 + i})
+    s.end()
+
     s = lib.session(lib.scenario("hand-off", None))
     s.message("planner", "coder", "write the tests")
     s.wait("planner", "coder")

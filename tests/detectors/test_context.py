@@ -74,6 +74,18 @@ def test_steady_growth_of_a_long_conversation_does_not_fire() -> None:
     assert all(v == [] for v in s.turns(contexts))
 
 
+def test_growth_judges_only_turns_past_the_absolute_floor() -> None:
+    # A file read into a 6k context (6x) is no blowup; the same jump from 12k to 76k is.
+    small = Session(ContextBlowup(max_context_tokens=None, growth_factor=4.0, min_growth_tokens=50_000))
+    assert small.turns([6_000] * 5 + [38_000]) == [[]] * 6
+    large = Session(ContextBlowup(max_context_tokens=None, growth_factor=4.0, min_growth_tokens=50_000))
+    *quiet, (verdict,) = large.turns([12_000] * 5 + [76_000])
+    assert quiet == [[]] * 5
+    assert verdict.evidence["growth"] == round(76_000 / 12_000, 2)
+    with pytest.raises(ValueError, match="min_growth_tokens"):
+        ContextBlowup(min_growth_tokens=-1)
+
+
 def test_turns_without_a_context_size_are_ignored() -> None:
     s = Session(ContextBlowup(growth_factor=2.0, min_turns=2))
     s.turns([0, 0, 0, 5_000, 0, 5_000])
