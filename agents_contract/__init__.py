@@ -38,7 +38,7 @@ from agents_contract._events import (
     parse_event,
 )
 from agents_contract._fence import Fence, FenceError
-from agents_contract._fingerprint import canonical_digest, fingerprints
+from agents_contract._fingerprint import canonical_digest, fingerprints, similarity, sketch
 from agents_contract._gate import BudgetGate, publish_limits
 from agents_contract._health import Health
 from agents_contract._provenance import SIGNATURE_HEADER, EventAuth, Headers, RecordSigner
@@ -124,4 +124,6 @@ __all__ = [
     "parse_event",
     "publish_limits",
     "refusal",
+    "similarity",
+    "sketch",
 ]

@@ -22,6 +22,8 @@ _Name = Annotated[str, Field(min_length=1, max_length=256)]
 _Digest = Annotated[str, Field(min_length=1, max_length=128)]
 _Count = Annotated[int, Field(ge=0, le=10**12)]
 _Usd = Annotated[float, Field(ge=0, le=10**9, allow_inf_nan=False)]
+# A `sketch` of arguments or message content: a number tag and 32 MinHash bytes, as hex.
+_Sketch = Annotated[str, Field(min_length=4, max_length=130, pattern=r"^[0-9a-f]+$")]
 _Fingerprints = Annotated[list[Annotated[int, Field(ge=0, le=2**64 - 1)]], Field(max_length=512)]
 
 
@@ -82,6 +84,9 @@ class ToolCalled(_Envelope):
     tool_name: _Name = Field(alias="gen_ai.tool.name")
     call_id: _Id = Field(alias="gen_ai.tool.call.id")
     args_digest: _Digest
+    # A similarity sketch of the arguments (see `sketch`): a loop that rewords its call each time is still
+    # seen as one intent.
+    args_sketch: _Sketch | None = None
 
 
 class ToolReturned(_Envelope):
@@ -115,6 +120,7 @@ class MessageSent(_Envelope):
     kind: Literal["message.sent"] = "message.sent"
     to_agent_id: _Id
     content_digest: _Digest
+    content_sketch: _Sketch | None = None
 
 
 class AgentWaiting(_Envelope):
@@ -124,6 +130,8 @@ class AgentWaiting(_Envelope):
 
 class Heartbeat(_Envelope):
     kind: Literal["heartbeat"] = "heartbeat"
+    # Sent by the SDK while a guarded call runs: the agent is busy in a call begun at this time, not silent.
+    in_call_since_ms: Annotated[int, Field(ge=0, lt=2**53)] | None = None
 
 
 class ControlAck(_Envelope):

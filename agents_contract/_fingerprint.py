@@ -16,7 +16,11 @@ two long texts keep the same numbers for what they share instead of only those o
 
 `canonical_digest` is the other half: a digest of a tool call's arguments that is equal when the arguments
 differ only trivially (key order, list order, case, spacing, empty values), so a loop that rephrases the
-same call is still seen as repeating.
+same call is still seen as repeating. `sketch` goes one step further, for calls that are reworded rather than
+repeated: a b-bit MinHash (Li and König, WWW 2010) of the arguments' values (texts by their words, word
+pairs and character trigrams; paths, URLs and ids whole), 32 one-byte samples whose share of matches
+estimates the Jaccard similarity of the two feature sets. One byte per sample keeps no word recoverable
+from it, and the sketch says nothing of the keys.
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import heapq
+import itertools
 import re
+import struct
 import time
 import unicodedata
 import uuid
+import zlib
 from typing import Any, Final
 
 import orjson
@@ -144,3 +151,93 @@ def _canonical(value: Any) -> Any:
         return _canonical(dataclasses.asdict(value))
     # Anything else (datetimes, UUIDs, enums, custom objects): its JSON form as orjson writes it.
     return _canonical(orjson.loads(orjson.dumps(value, default=repr)))
+
+
+SKETCH_SAMPLES: Final = 32
+# Text beyond this is left out of a sketch: a call's intent shows in its first pages; the cost stays small.
+_SKETCH_CHARS: Final = 4_000
+# Texts of at most this many words (queries, requests, selectors) are told apart by their numbers: "summarise
+# section 3" is another request than "summarise section 4", however alike the words.
+_SHORT_WORDS: Final = 16
+_SAMPLES: Final = struct.Struct(f"<{SKETCH_SAMPLES}I")
+_WHITESPACE: Final = re.compile(r"\s")
+_DIGITS: Final = re.compile(r"\d+")
+
+
+def _leaves(value: Any, out: list[str], depth: int = 0) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int | float):
+        out.append(repr(value))
+    elif depth > 32:
+        return
+    elif isinstance(value, dict):
+        for item in value.values():
+            _leaves(item, out, depth + 1)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _leaves(item, out, depth + 1)
+    elif isinstance(value, BaseModel):
+        _leaves(value.model_dump(mode="json"), out, depth + 1)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        _leaves(dataclasses.asdict(value), out, depth + 1)
+    else:
+        out.append(str(value))
+
+
+def sketch(value: Any) -> str | None:
+    """A similarity sketch of a call's arguments (or a message): 66 hex characters, a tag of the numbers
+    in a short text and 32 MinHash bytes of its features; keys are left out. A value without whitespace (a
+    path, a URL, a selector, an id, a number) is one feature, whole: `src/lexer.py` is another file than
+    `src/parser.py`, not a rewording of it. Text is its words, word pairs and the words' character trigrams.
+    None when the value holds nothing. Compare two with `similarity`."""
+    parts: list[str] = []
+    _leaves(value, parts)
+    features: set[str] = set()
+    prose: list[str] = []
+    used = 0
+    for part in parts:
+        if used >= _SKETCH_CHARS:
+            break
+        part = part[: _SKETCH_CHARS - used]
+        used += len(part)
+        stripped = part.strip()
+        if stripped and not _WHITESPACE.search(stripped):
+            features.add("=" + unicodedata.normalize("NFKC", stripped).casefold())
+        else:
+            prose.append(part)
+    words = _words(" ".join(prose))
+    # Trigrams let "restaurant" and "restaurants" meet; word pairs keep unrelated code apart (two functions of
+    # one code base share a quarter of their trigrams, a tenth of their words and pairs).
+    features.update(words)
+    features.update(f"{a} {b}" for a, b in itertools.pairwise(words))
+    for word in words:
+        padded = f"^{word}$"
+        features.update(padded[i : i + 3] for i in range(len(padded) - 2))
+    if not features:
+        return None
+    numbers = sorted(set(_DIGITS.findall(" ".join(words)))) if len(words) <= _SHORT_WORDS else []
+    # 1..255: 0 is "no numbers", which any other tag may be compared with.
+    tag = zlib.crc32(" ".join(numbers).encode()) % 255 + 1 if numbers else 0
+    rows = [
+        _SAMPLES.unpack(hashlib.shake_128(f.encode("utf-8", "surrogatepass")).digest(_SAMPLES.size))
+        for f in features
+    ]
+    samples = bytes([tag, *(m & 0xFF for m in map(min, zip(*rows, strict=True)))])
+    return samples.hex()
+
+
+def similarity(a: str, b: str) -> float:
+    """The estimated Jaccard similarity (0..1) of the values two sketches were made of; 0 for two short
+    texts with other numbers in them, or for sketches of another form."""
+    if len(a) != len(b) or len(a) < 4 or (a[:2] != b[:2] and a[:2] != "00" and b[:2] != "00"):
+        return 0.0
+    try:
+        x, y = bytes.fromhex(a[2:]), bytes.fromhex(b[2:])
+    except ValueError:
+        return 0.0
+    share = sum(p == q for p, q in zip(x, y, strict=True)) / len(x)
+    # Two different minima still agree in their low byte once in 256 times.
+    return max(0.0, (share - 1 / 256) / (1 - 1 / 256))

@@ -41,9 +41,9 @@ def redis_client(url: str, **options: Any) -> RedisHandle:
         return RedisHandle(aioredis.Redis.from_url(url, **options))
     hosts, master, auth = parse_sentinel_url(url)
     sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        hosts, sentinel_kwargs={**sentinel_options, **auth.pop("_sentinel")}, **options
-    )
+    # Typed from redis-py 8.2 on, untyped before: called through Any so both check.
+    make_sentinel: Any = Sentinel
+    sentinel = make_sentinel(hosts, sentinel_kwargs={**sentinel_options, **auth.pop("_sentinel")}, **options)
     client: aioredis.Redis = sentinel.master_for(master, redis_class=aioredis.Redis, **auth)
     return RedisHandle(client, list(sentinel.sentinels))
 

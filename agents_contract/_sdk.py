@@ -47,7 +47,7 @@ from agents_contract._circuits import MAX_OPEN_S, ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import ED25519, CommandSigner, KillCommand, parse_command, refusal
 from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
 from agents_contract._fence import Fence
-from agents_contract._fingerprint import canonical_digest, fingerprints
+from agents_contract._fingerprint import canonical_digest, fingerprints, sketch
 from agents_contract._gate import BudgetGate, Refusal, Reservation
 from agents_contract._health import COMMANDS_REJECTED, REFUSED, Health, OnOutage
 from agents_contract._kafka import ControlSubscription, EventPublisher
@@ -411,6 +411,9 @@ class AgentGuard:
     settings as the worker's `kafka.security` (TLS with a CA and client certificate, SASL PLAIN, SCRAM or
     OAUTHBEARER); the Redis URL carries Redis's TLS and ACL user (`rediss://user:password@host`).
 
+    `call_heartbeat_s`: while a guarded tool or model call runs, a heartbeat saying since when goes out this
+    often (0: never), so the stall detector can tell a long call from a silent agent.
+
     `event_key`: the tenant's event key, for a tenant whose events the workers require signed
     (`event_signing.tenant_keys`): every event then carries an HMAC of its bytes, and events of that tenant
     that anyone without the key publishes are dead-lettered instead of judged.
@@ -435,11 +438,15 @@ class AgentGuard:
         max_circuit_open_s: float = MAX_OPEN_S,
         kafka_security: KafkaSecurity | Mapping[str, Any] | None = None,
         event_key: SecretStr | str | bytes | None = None,
+        call_heartbeat_s: float = 60.0,
     ) -> None:
         if on_outage not in ("keep_working", "fail_closed"):
             raise ValueError(f"on_outage must be 'keep_working' or 'fail_closed', not {on_outage!r}")
         if buffer_events < 1:
             raise ValueError(f"buffer_events must be at least 1, not {buffer_events}")
+        if not 0 <= call_heartbeat_s <= 3_600:
+            raise ValueError(f"call_heartbeat_s must be between 0 (off) and 3600, not {call_heartbeat_s}")
+        self.call_heartbeat_s = call_heartbeat_s
         self.health = Health(on_outage=on_outage)
         self._buffer_events = buffer_events
         self._connect_timeout_s = connect_timeout_s
@@ -772,6 +779,9 @@ class GuardedSession:
         self._ack_outcome: Literal["stopping", "stopped"] | None = None
         self._acks: list[asyncio.Future[None]] = []
         self.steps = 0
+        # Guarded calls running now (by identity) and when each began, for the heartbeats sent meanwhile.
+        self._open_calls: dict[int, int] = {}
+        self._beating = False
 
     async def __aenter__(self) -> Self:
         await self.attach()
@@ -919,9 +929,11 @@ class GuardedSession:
                 "gen_ai.tool.name": call.tool_name,
                 "gen_ai.tool.call.id": call.call_id,
                 "args_digest": canonical_digest(args),
+                "args_sketch": sketch(args),
             },
             step=True,
         )
+        self._call_began(call)
         return call
 
     async def model_started(
@@ -941,6 +953,7 @@ class GuardedSession:
             self.check()
         call = ModelCall(self, clip(model, _MAX_NAME), agent, reservation)
         self._emit("turn.started", agent, {"gen_ai.request.model": call.model}, step=True)
+        self._call_began(call)
         return call
 
     def tool_started_sync(self, tool_name: str, args: Any, *, agent_id: str | None = None) -> ToolCall:
@@ -999,7 +1012,22 @@ class GuardedSession:
         self.check()
         to = _checked_id("to_agent_id", to_agent_id)
         self._emit(
-            "message.sent", self._agent(agent_id), {"to_agent_id": to, "content_digest": digest(content)}
+            "message.sent",
+            self._agent(agent_id),
+            {"to_agent_id": to, "content_digest": digest(content), "content_sketch": sketch(content)},
+        )
+
+    async def message_received(
+        self, content: Any, *, from_agent_id: str = "user", agent_id: str | None = None
+    ) -> None:
+        """Report a message the agent received from outside the guarded team (a user, by default): a
+        dialogue's turns then count as answers to it, not as an agent talking to itself."""
+        self.check()
+        to = self._agent(agent_id)
+        self._emit(
+            "message.sent",
+            _checked_id("from_agent_id", from_agent_id),
+            {"to_agent_id": to, "content_digest": digest(content), "content_sketch": sketch(content)},
         )
 
     async def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
@@ -1028,7 +1056,33 @@ class GuardedSession:
             self._emit(kind, agent, {**fields, "fingerprints": _content_fingerprints(content) or []})
 
     async def heartbeat(self) -> None:
-        self._emit("heartbeat", self.agent_id, {})
+        self._emit("heartbeat", self.agent_id, {"in_call_since_ms": self._in_call_since()})
+
+    def _in_call_since(self) -> int | None:
+        return min(self._open_calls.values(), default=None)
+
+    def _call_began(self, call: object) -> None:
+        """A guarded call is running: while it does, a heartbeat every `call_heartbeat_s` says since when,
+        so a long call is not taken for a session gone silent."""
+        self._open_calls[id(call)] = self._guard.now_ms()
+        interval = self._guard.call_heartbeat_s
+        if interval and not self._beating:
+            self._beating = True
+            self._guard._background(self._beat_while_in_call(interval))
+
+    def _call_ended(self, call: object) -> None:
+        self._open_calls.pop(id(call), None)
+
+    async def _beat_while_in_call(self, interval: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                since = self._in_call_since()
+                if since is None or not self._attached or self.kill is not None:
+                    return
+                self._emit("heartbeat", self.agent_id, {"in_call_since_ms": since})
+        finally:
+            self._beating = False
 
     # -- after the fact ---------------------------------------------------------------------------------
 
@@ -1052,6 +1106,7 @@ class GuardedSession:
                 "gen_ai.tool.name": call.tool_name,
                 "gen_ai.tool.call.id": call.call_id,
                 "args_digest": canonical_digest(args),
+                "args_sketch": sketch(args),
             },
             step=True,
         )
@@ -1335,6 +1390,7 @@ class ToolCall:
         if self._ended:
             return True
         self._ended = True
+        self._session._call_ended(self)
         if self._probe is not None:
             self._session._guard.tool_circuits.settle(self._probe, ok=ok)
         self._session._settle(self._reservation, 0.0, 0)
@@ -1375,6 +1431,7 @@ class ModelCall:
         if self._ended:
             return
         self._ended = True
+        self._session._call_ended(self)
         usd = _usd("cost_usd", cost_usd)
         fields: dict[str, Any] = {
             "gen_ai.request.model": self.model,

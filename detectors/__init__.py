@@ -28,6 +28,7 @@ from detectors._loops import (
     RepeatedToolCall,
 )
 from detectors._pace import BurnRate, MemoryWriteAmplification, SessionDeadline
+from detectors._progress import NoNewInformation, SimilarCalls
 from detectors._settings import (
     DetectorSettings,
     IntakeSettings,
@@ -84,6 +85,7 @@ __all__ = [
     "MemoryWriteAmplification",
     "Mode",
     "Monologue",
+    "NoNewInformation",
     "NoProgress",
     "Observation",
     "Policy",
@@ -91,6 +93,7 @@ __all__ = [
     "RepeatedToolCall",
     "SessionDeadline",
     "SessionState",
+    "SimilarCalls",
     "StageRecord",
     "Stall",
     "StepCeiling",

@@ -4,24 +4,28 @@ Each detector keeps a small bounded window in the session's state and fires on t
 the pattern, naming the events that make it:
 
 - `RepeatedToolCall`: one tool called with the same canonical arguments `count` times within a window, or
-  a run of `count` calls to one tool whose results bring nothing new (the near-repeat: arguments reworded,
-  reordered or padded, results the same), which exact matching alone would miss;
+  the same call giving the same result `same_result_count` times among other calls (reworded calls and
+  results that bring nothing new are `detectors._progress`'s);
 - `CyclicPattern`: the last calls form a cycle of period 2..`max_period` repeated `repeats` times
   (search, fetch, search, fetch, ...);
 - `AgentPingPong`: two agents passing messages back and forth `exchanges` times with nothing new in them;
 - `NoProgress`: an agent producing the same output `repeats` turns in a row;
-- `Monologue`: an agent taking `turns` LLM turns in a row without calling a tool or messaging anyone;
-- `RepeatedError`: one tool failing with the same error class `count` times in a row.
+- `Monologue`: an agent taking `turns` LLM turns in a row without calling a tool, messaging anyone or
+  being messaged;
+- `RepeatedError`: one tool failing with the same error class `count` times in a row, or the same call
+  failing with the same error (one that retrying cannot cure) `same_call_count` times.
 
 Patterns are matched on short hashes (CRC-32) of digests the SDK computed, never on content.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any, Final
 
 from agents_contract import AgentEvent, MessageSent, ToolCalled, ToolReturned, TurnCompleted
+from detectors._calls import call_of, crc, note_call, same_result_run
 from detectors._errors import compact_id
 from detectors._state import SessionState
 from detectors._suite import Detector, verdict
@@ -30,12 +34,6 @@ from detectors._window import packed_id, slot, unpacked_ids
 
 # Agents (or tools) whose runs are kept per session; a further one replaces the one heard from longest ago.
 _TRACKED: Final = 4
-# Result digests remembered per run when judging whether a result is new, and the bitmap its fingerprints
-# are folded into: 64 fingerprints (the SDK's default) fill about 12% of 512 bits, so a result of at least
-# `_MIN_PRINTS` new fingerprints looks seen by chance less than once in 4,000 results.
-_DIGESTS: Final = 8
-_BITMAP_BITS: Final = 512
-_MIN_PRINTS: Final = 4
 # The slot of the tool calls that RepeatedToolCall and CyclicPattern share.
 _CALLS: Final = "tool_calls"
 # Message contents remembered per exchange between two agents.
@@ -103,18 +101,28 @@ def _ids(ids: list[str], event_id: str, keep: int) -> None:
 
 
 class RepeatedToolCall:
-    """One tool with the same canonical arguments `count` times within `window_ms`, or `count` calls in a
-    row to one tool whose results after the first bring nothing new (same result digest, or fingerprints
-    all seen already in the run)."""
+    """One tool with the same canonical arguments `count` times within `window_ms`, or the same call giving
+    the same result `same_result_count` times within it, whatever other calls came in between (a click
+    that changes nothing, clicked again)."""
 
     kinds = frozenset({"tool.called", "tool.returned"})
 
-    def __init__(self, *, name: str = "repeated_tool_call", count: int = 5, window_ms: int = 300_000) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "repeated_tool_call",
+        count: int = 5,
+        window_ms: int = 300_000,
+        same_result_count: int | None = 3,
+    ) -> None:
         _at_least(2, count=count)
         _at_least(1, window_ms=window_ms)
+        if same_result_count is not None:
+            _at_least(2, same_result_count=same_result_count)
         self.name = name
         self.count = count
         self.window_ms = window_ms
+        self.same_result_count = same_result_count
         # Calls kept in the window: a loop repeating one call among a few others still fits.
         self._limit = 3 * count
 
@@ -128,6 +136,7 @@ class RepeatedToolCall:
         return None
 
     def _call(self, state: SessionState, event: ToolCalled) -> Verdict | None:
+        note_call(state, event)
         own: dict[str, Any] = state.slots.get(self.name) or {}
         calls = _recent_calls(state, event, self._limit, own.pop("calls", []))
         key = calls[-1][1]
@@ -159,38 +168,13 @@ class RepeatedToolCall:
         )
 
     def _result(self, state: SessionState, event: ToolReturned) -> Verdict | None:
-        if event.status != "ok" or (event.result_digest is None and not event.fingerprints):
+        if event.status != "ok" or self.same_result_count is None:
             return None
-        window: dict[str, Any] = slot(state, self.name, {})
-        # The run: [tool hash, results that brought nothing new, first result's time since the origin, result
-        # digest hashes, fingerprint bitmap (hex), ids].
-        run: list[Any] | None = window.get("run")
-        tool = _h(event.tool_name)
-        origin = state.origin_ms
-        t = event.event_time_ms - origin
-        if run is None or run[0] != tool or t - run[2] > self.window_ms:
-            run = window["run"] = _fresh_run(tool, t)
-        mark = _h(event.result_digest) if event.result_digest is not None else None
-        prints = event.fingerprints or ()
-        bitmap = int(run[4], 16)
-        bits = 0
-        for fp in prints:
-            bits |= 1 << (fp % _BITMAP_BITS)
-        stale = bool(run[5]) and (
-            (mark is not None and mark in run[3]) or (len(prints) >= _MIN_PRINTS and bits & bitmap == bits)
-        )
-        if run[5] and not stale:
-            # Something new came back: the run starts over from this result.
-            run[:] = _fresh_run(tool, t)
-            bitmap = 0
-        elif stale:
-            run[1] += 1
-        if mark is not None and mark not in run[3]:
-            run[3].append(mark)
-            del run[3][:-_DIGESTS]
-        run[4] = f"{bitmap | bits:x}"
-        _ids(run[5], event.event_id, self.count)
-        if run[1] + 1 < self.count:
+        call = call_of(state, event)
+        if call is None:
+            return None
+        run = same_result_run(state, event, call, crc(event.result_digest or ""))
+        if run[1] < self.same_result_count or run[2] < state.last_event_ms - state.origin_ms - self.window_ms:
             return None
         return verdict(
             self.name,
@@ -198,22 +182,19 @@ class RepeatedToolCall:
             state,
             event,
             reason=(
-                f"tool {event.tool_name} was called {run[1] + 1} times in a row and the results after the "
-                f"first brought nothing new; the limit is {self.count - 1} such repeats"
+                f"tool {event.tool_name} was called {run[1]} times with the same arguments and gave the same "
+                f"result each time (other calls in between); the limit is {self.same_result_count - 1} such "
+                f"repeats"
             ),
-            observed=run[1] + 1,
-            threshold=self.count,
-            event_ids=unpacked_ids(run[5]),
-            window=(run[2] + origin, state.last_event_ms),
-            match="same_results",
+            observed=run[1],
+            threshold=self.same_result_count,
+            event_ids=unpacked_ids(run[3]),
+            window=(run[2] + state.origin_ms, state.last_event_ms),
+            match="same_result",
             tool_name=event.tool_name,
-            calls=run[1] + 1,
+            calls=run[1],
             window_ms=self.window_ms,
         )
-
-
-def _fresh_run(tool: int, t: int) -> list[Any]:
-    return [tool, 0, t, [], "0", []]
 
 
 class CyclicPattern:
@@ -325,17 +306,23 @@ class AgentPingPong:
 
 
 class NoProgress:
-    """An agent's turns producing the same output (digest) `repeats` times in a row."""
+    """An agent's turns producing the same output (digest) `repeats` times in a row; outputs shorter than
+    `min_output_tokens` (a router's next speaker, a classifier's label) are not judged."""
 
     kinds = frozenset({"turn.completed"})
 
-    def __init__(self, *, name: str = "no_progress", repeats: int = 3) -> None:
+    def __init__(self, *, name: str = "no_progress", repeats: int = 3, min_output_tokens: int = 0) -> None:
         _at_least(2, repeats=repeats)
+        _at_least(0, min_output_tokens=min_output_tokens)
         self.name = name
         self.repeats = repeats
+        self.min_output_tokens = min_output_tokens
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
         if not isinstance(event, TurnCompleted) or event.output_digest is None or state.late:
+            return None
+        # A router's or a selector's whole output is a name or a label: the same one again is its job.
+        if event.output_tokens < self.min_output_tokens:
             return None
         # Per agent: the same output in a row.
         run = _same_in_a_row(
@@ -368,7 +355,12 @@ class NoProgress:
 
 
 class Monologue:
-    """An agent taking `turns` LLM turns in a row without a tool call or a message in between."""
+    """An agent taking `turns` LLM turns in a row without acting: no tool call or message of its own after
+    them, and no message to it (a user's or another agent's) in between.
+
+    The SDK reports a turn's tool calls after the turn's own `turn.completed`, so a turn is known to have
+    been without action only when the agent's next turn completes with nothing in between: the detector
+    counts those, and fires as the turn after the `turns`-th such one completes."""
 
     kinds = frozenset({"turn.completed", "tool.called", "message.sent"})
 
@@ -378,20 +370,26 @@ class Monologue:
         self.turns = turns
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
-        acting = isinstance(event, ToolCalled | MessageSent)
-        if not (acting or isinstance(event, TurnCompleted)) or state.late:
+        if state.late:
             return None
         runs: dict[str, Any] = slot(state, self.name, {})
-        # Per agent: [turns in a row, first time since the origin, ids].
+        # Per agent: [turns known to be without action, first such turn's time since the origin, ids, the
+        # newest turn's time (-1: acted since)].
         t = event.event_time_ms - state.origin_ms
-        run = _tracked(runs, compact_id(event.agent_id), [0, t, []])
-        if acting:
-            run[:] = [0, t, []]
+        if isinstance(event, ToolCalled | MessageSent):
+            self._reset(runs, compact_id(event.agent_id), t)
+            if isinstance(event, MessageSent):
+                self._reset(runs, compact_id(event.to_agent_id), t)
             return None
-        if not run[0]:
-            run[1] = t
-        run[0] += 1
-        _ids(run[2], event.event_id, self.turns)
+        if not isinstance(event, TurnCompleted):
+            return None
+        run = _tracked(runs, compact_id(event.agent_id), [0, t, [], -1])
+        if run[3] >= 0:  # the turn before this one did nothing
+            if not run[0]:
+                run[1] = run[3]
+            run[0] += 1
+        run[3] = t
+        _ids(run[2], event.event_id, self.turns + 1)
         if run[0] < self.turns:
             return None
         return verdict(
@@ -400,8 +398,8 @@ class Monologue:
             state,
             event,
             reason=(
-                f"agent {event.agent_id} took {run[0]} LLM turns in a row without calling a tool or "
-                f"messaging another agent; the limit is {self.turns - 1}"
+                f"agent {event.agent_id} took {run[0]} LLM turns in a row without calling a tool, "
+                f"messaging another agent or being messaged; the limit is {self.turns - 1}"
             ),
             observed=run[0],
             threshold=self.turns,
@@ -410,18 +408,44 @@ class Monologue:
             turns=run[0],
         )
 
+    @staticmethod
+    def _reset(runs: dict[str, Any], agent: str, t: int) -> None:
+        run = runs.get(agent)
+        if run is not None:
+            run[:] = [0, t, [], -1]
+
+
+# Error classes that say "try again later": the same call failing with one of them again is a retry, not a
+# loop (the burst and circuit detectors judge those).
+_TRANSIENT: Final = re.compile(
+    r"timeout|timed ?out|rate ?limit|too ?many|throttl|unavailable|overload|busy|connection|network|"
+    r"temporar|retry|try ?again|429|502|503|504",
+    re.IGNORECASE,
+)
+
 
 class RepeatedError:
-    """One tool failing with the same error class `count` times in a row (its other results break it)."""
+    """One tool failing with the same error class `count` times in a row (its other results break it), or
+    one call (tool and arguments) failing with the same error `same_call_count` times, other calls in
+    between, where the error is not one that retrying cures (timeouts, rate limits, unavailable
+    services)."""
 
-    kinds = frozenset({"tool.returned"})
+    kinds = frozenset({"tool.called", "tool.returned"})
 
-    def __init__(self, *, name: str = "repeated_error", count: int = 3) -> None:
+    def __init__(
+        self, *, name: str = "repeated_error", count: int = 3, same_call_count: int | None = 2
+    ) -> None:
         _at_least(2, count=count)
+        if same_call_count is not None:
+            _at_least(2, same_call_count=same_call_count)
         self.name = name
         self.count = count
+        self.same_call_count = same_call_count
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if isinstance(event, ToolCalled):
+            note_call(state, event)
+            return None
         if not isinstance(event, ToolReturned) or state.late:
             return None
         runs: dict[str, Any] = slot(state, self.name, {})
@@ -430,6 +454,9 @@ class RepeatedError:
         if error is None:
             runs.pop(key, None)
             return None
+        same_call = self._same_call(state, event, error)
+        if same_call is not None:
+            return same_call
         # Per tool: the same error class in a row.
         run = _same_in_a_row(runs, key, error, event, state.origin_ms)
         _ids(run[3], event.event_id, self.count)
@@ -451,6 +478,36 @@ class RepeatedError:
             tool_name=event.tool_name,
             error_type=error,
             failures=run[1],
+            match="same_tool",
+        )
+
+    def _same_call(self, state: SessionState, event: ToolReturned, error: str) -> Verdict | None:
+        if self.same_call_count is None:
+            return None
+        call = call_of(state, event)
+        if call is None:
+            return None
+        run = same_result_run(state, event, call, crc("error", error))
+        if run[1] < self.same_call_count or _TRANSIENT.search(error):
+            return None
+        return verdict(
+            self.name,
+            FailureClass.RUNAWAY_EXECUTION,
+            state,
+            event,
+            reason=(
+                f"tool {event.tool_name} was called {run[1]} times with the same arguments and failed with "
+                f"{error} each time; an error retrying does not cure, the limit is "
+                f"{self.same_call_count - 1} such repeats"
+            ),
+            observed=run[1],
+            threshold=self.same_call_count,
+            event_ids=unpacked_ids(run[3]),
+            window=(run[2] + state.origin_ms, state.last_event_ms),
+            tool_name=event.tool_name,
+            error_type=error,
+            failures=run[1],
+            match="same_call",
         )
 
 

@@ -37,6 +37,7 @@ from detectors._loops import (
     RepeatedToolCall,
 )
 from detectors._pace import BurnRate, MemoryWriteAmplification, SessionDeadline
+from detectors._progress import NoNewInformation, SimilarCalls
 from detectors._stalls import Deadlock, Stall
 from detectors._suite import Armed, Clock, Detector, DetectorSet, DetectorSuite, Policy
 from detectors._verdict import Mode
@@ -75,13 +76,33 @@ class SessionBudget(_Section):
     """Hard ceilings per session; null switches one off."""
 
     max_steps: _Positive | None = 50
-    max_tokens: _Positive | None = 500_000
+    # Every turn re-sends its context: a coding run re-sending 20k tokens 25 times has used 500k without
+    # repeating itself. Cost is the ceiling that matters; this one stops a runaway that costs nothing.
+    max_tokens: _Positive | None = 2_000_000
     max_cost_usd: _Usd | None = 10.0
 
 
 class RepeatedToolCallSettings(_Section):
     count: Annotated[int, Field(ge=2)] = 5
     window_s: _Seconds = 300.0
+    # The same call giving the same result this often within the window, other calls in between (null: off).
+    # An agent that polls a status on purpose needs a higher value.
+    same_result_count: Annotated[int, Field(ge=2)] | None = 3
+
+
+class SimilarCallsSettings(_Section):
+    # Calls of one tool (or requests from one agent to another) with alike arguments within the window.
+    count: Annotated[int, Field(ge=2)] = 4
+    window_s: _Seconds = 600.0
+    # How alike (estimated Jaccard similarity of words and character trigrams) counts as the same intent.
+    similarity: _Ratio = 0.3
+
+
+class NoNewInformationSettings(_Section):
+    # Tool results within the window that together must bring at least `min_new_share` new content.
+    calls: Annotated[int, Field(ge=2)] = 8
+    window_s: _Seconds = 600.0
+    min_new_share: _Ratio = 0.1
 
 
 class CyclicPatternSettings(_Section):
@@ -95,6 +116,8 @@ class AgentPingPongSettings(_Section):
 
 class NoProgressSettings(_Section):
     repeats: Annotated[int, Field(ge=2)] = 3
+    # Shorter outputs are not judged: a router's or selector's output is the next speaker's name.
+    min_output_tokens: Annotated[int, Field(ge=0)] = 10
 
 
 class MonologueSettings(_Section):
@@ -103,6 +126,9 @@ class MonologueSettings(_Section):
 
 class RepeatedErrorSettings(_Section):
     count: Annotated[int, Field(ge=2)] = 3
+    # The same call failing with the same error this often, other calls in between, unless the error is one
+    # retrying cures (timeouts, rate limits, unavailable services); null: off.
+    same_call_count: Annotated[int, Field(ge=2)] | None = 2
 
 
 class BurnRateSettings(_Section):
@@ -122,6 +148,9 @@ class SessionDeadlineSettings(_Section):
 
 class StallSettings(_Section):
     quiet_s: _Seconds = 300.0
+    # One guarded call running this long (the SDK's heartbeats say since when) is a stall too. An hour, the
+    # session deadline's default: a provider that answers 40 minutes late is slow, not stuck.
+    max_call_s: _Seconds = 3600.0
 
 
 class DeadlockSettings(_Section):
@@ -217,6 +246,8 @@ class DetectorSettings(BaseModel):
     intake: IntakeSettings = IntakeSettings()
     session_budget: SessionBudget = SessionBudget()
     repeated_tool_call: RepeatedToolCallSettings = RepeatedToolCallSettings()
+    similar_calls: SimilarCallsSettings = SimilarCallsSettings()
+    no_new_information: NoNewInformationSettings = NoNewInformationSettings()
     cyclic_pattern: CyclicPatternSettings = CyclicPatternSettings()
     agent_ping_pong: AgentPingPongSettings = AgentPingPongSettings()
     no_progress: NoProgressSettings = NoProgressSettings()
@@ -306,15 +337,29 @@ def session_detectors(s: DetectorSettings) -> DetectorSet:
         ceilings.append(CostCeiling(b.max_cost_usd))
     arm(b, *ceilings)
     r = s.repeated_tool_call
-    arm(r, RepeatedToolCall(count=r.count, window_ms=_ms(r.window_s)))
+    arm(
+        r,
+        RepeatedToolCall(count=r.count, window_ms=_ms(r.window_s), same_result_count=r.same_result_count),
+    )
+    sc = s.similar_calls
+    arm(sc, SimilarCalls(count=sc.count, window_ms=_ms(sc.window_s), similarity=sc.similarity))
+    nn = s.no_new_information
+    arm(
+        nn,
+        NoNewInformation(calls=nn.calls, window_ms=_ms(nn.window_s), min_new_share=nn.min_new_share),
+    )
     arm(
         s.cyclic_pattern,
         CyclicPattern(max_period=s.cyclic_pattern.max_period, repeats=s.cyclic_pattern.repeats),
     )
     arm(s.agent_ping_pong, AgentPingPong(exchanges=s.agent_ping_pong.exchanges))
-    arm(s.no_progress, NoProgress(repeats=s.no_progress.repeats))
+    arm(
+        s.no_progress,
+        NoProgress(repeats=s.no_progress.repeats, min_output_tokens=s.no_progress.min_output_tokens),
+    )
     arm(s.monologue, Monologue(turns=s.monologue.turns))
-    arm(s.repeated_error, RepeatedError(count=s.repeated_error.count))
+    re_ = s.repeated_error
+    arm(re_, RepeatedError(count=re_.count, same_call_count=re_.same_call_count))
     br = s.burn_rate
     ceiling = br.ceiling_usd if br.ceiling_usd is not None else b.max_cost_usd
     if ceiling is not None:
@@ -328,7 +373,7 @@ def session_detectors(s: DetectorSettings) -> DetectorSet:
             ),
         )
     arm(s.session_deadline, SessionDeadline(max_duration_ms=_ms(s.session_deadline.max_duration_s)))
-    arm(s.stall, Stall(quiet_ms=_ms(s.stall.quiet_s)))
+    arm(s.stall, Stall(quiet_ms=_ms(s.stall.quiet_s), max_call_ms=_ms(s.stall.max_call_s)))
     arm(s.deadlock, Deadlock())
     e = s.error_burst
     arm(e, ErrorBurst(count=e.count, window_ms=_ms(e.window_s), ratio=e.ratio, min_calls=e.min_calls))

@@ -31,23 +31,56 @@ def duration(ms: float) -> str:
 
 class Stall:
     """A live session that has sent no event for more than `quiet_ms` (judged by the worker's timer), by
-    its newest event's time or, when later, the time the worker heard it (a backlog is not silence)."""
+    its newest event's time or, when later, the time the worker heard it (a backlog is not silence); or one
+    whose agent has been inside one guarded call for more than `max_call_ms` (its SDK's heartbeats say so:
+    a long call is not silence, but a call that never ends is a stall too)."""
 
-    kinds: frozenset[str] = frozenset()
+    kinds = frozenset({"heartbeat"})
 
-    def __init__(self, *, name: str = "stall", quiet_ms: int = 300_000) -> None:
-        if quiet_ms <= 0:
-            raise ValueError(f"quiet_ms must be positive, got {quiet_ms!r}")
+    def __init__(self, *, name: str = "stall", quiet_ms: int = 300_000, max_call_ms: int = 1_800_000) -> None:
+        if quiet_ms <= 0 or max_call_ms <= 0:
+            raise ValueError(f"quiet_ms and max_call_ms must be positive, got {quiet_ms!r}, {max_call_ms!r}")
         self.name = name
         self.quiet_ms = quiet_ms
+        self.max_call_ms = max_call_ms
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
+        if isinstance(event, Heartbeat):
+            if event.in_call_since_ms is None:
+                state.slots.pop(self.name, None)
+            else:
+                # [in the call since, heartbeat time], both since the origin: the session is in the call
+                # for as long as this heartbeat is its newest event.
+                origin = state.origin_ms
+                state.slots[self.name] = [event.in_call_since_ms - origin, event.event_time_ms - origin]
         return None
 
     def expire(self, state: SessionState, now_ms: int) -> Verdict | None:
         if state.ended or not state.events:
             return None
         last_ms = max(state.last_event_ms, state.heard_ms)
+        in_call: list[int] | None = state.slots.get(self.name)
+        if in_call is not None and in_call[1] + state.origin_ms >= state.last_event_ms:
+            since_ms = in_call[0] + state.origin_ms
+            calling = now_ms - since_ms
+            if calling > self.max_call_ms and now_ms - last_ms <= self.quiet_ms:
+                return verdict(
+                    self.name,
+                    FailureClass.MULTI_AGENT_DEADLOCK,
+                    state,
+                    None,
+                    reason=(
+                        f"session has been inside one call for {duration(calling)} (its heartbeats say so) "
+                        f"without it ending; the limit is {duration(self.max_call_ms)}"
+                    ),
+                    observed=calling,
+                    threshold=self.max_call_ms,
+                    window=(since_ms, now_ms),
+                    in_call_ms=calling,
+                    in_call_since_ms=since_ms,
+                    last_event_ms=state.last_event_ms,
+                    events=state.events,
+                )
         quiet = now_ms - last_ms
         if quiet <= self.quiet_ms:
             return None

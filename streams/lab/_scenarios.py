@@ -14,6 +14,7 @@ through results, a context that grows slowly) and trip nothing. The same library
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -30,7 +31,9 @@ from agents_contract import (
     ToolCalled,
     ToolReturned,
     TurnCompleted,
+    canonical_digest,
     fingerprints,
+    sketch,
 )
 
 T0: Final = 1_767_225_600_000  # 2026-01-01T00:00:00Z; the demo moves every scenario to the present
@@ -97,13 +100,25 @@ class _Session:
         agent: str = "agent",
         error: str | None = None,
         prints: list[int] | None = None,
+        text: str | None = None,
+        took: float = 0.3,
         at: float | None = None,
     ) -> None:
+        """A call and its result `took` seconds later; `text` is the result as the agent read it (its digest
+        and fingerprints go out, as the SDK sends them)."""
         call = f"c{len(self._out)}"
         self._add(
-            ToolCalled(**self._env(agent, at), tool_name=name, call_id=call, args_digest=_digest(name, args)),
-            0.3,
+            ToolCalled(
+                **self._env(agent, at),
+                tool_name=name,
+                call_id=call,
+                args_digest=canonical_digest(args),
+                args_sketch=sketch(args),
+            ),
+            took,
         )
+        if text is not None:
+            result, prints = text, fingerprints(text)
         self._add(
             ToolReturned(
                 **self._env(agent, None),
@@ -112,7 +127,7 @@ class _Session:
                 status="error" if error else "ok",
                 error_type=error,
                 result_digest=None if error else _digest(result if result is not None else (name, args)),
-                latency_ms=300.0,
+                latency_ms=took * 1000,
                 fingerprints=prints,
             ),
             1.0,
@@ -126,14 +141,16 @@ class _Session:
         cost: float = 0.01,
         context: int = 4_000,
         output: object = None,
+        output_tokens: int | None = None,
         at: float | None = None,
     ) -> None:
+        out = tokens // 5 if output_tokens is None else output_tokens
         self._add(
             TurnCompleted(
                 **self._env(agent, at),
                 model="gpt-4.1-mini",
-                input_tokens=tokens - tokens // 5,
-                output_tokens=tokens // 5,
+                input_tokens=tokens - out,
+                output_tokens=out,
                 cost_usd=cost,
                 context_tokens=context,
                 output_digest=_digest(output if output is not None else ("turn", self.t, agent)),
@@ -143,14 +160,23 @@ class _Session:
 
     def message(self, sender: str, receiver: str, content: object, *, at: float | None = None) -> None:
         self._add(
-            MessageSent(**self._env(sender, at), to_agent_id=receiver, content_digest=_digest(content)), 1.0
+            MessageSent(
+                **self._env(sender, at),
+                to_agent_id=receiver,
+                content_digest=_digest(content),
+                content_sketch=sketch(content),
+            ),
+            1.0,
         )
 
     def wait(self, agent: str, on: str, *, at: float | None = None) -> None:
         self._add(AgentWaiting(**self._env(agent, at), waiting_on_agent_id=on), 1.0)
 
-    def heartbeat(self, agent: str = "agent", *, at: float | None = None) -> None:
-        self._add(Heartbeat(**self._env(agent, at)), 1.0)
+    def heartbeat(
+        self, agent: str = "agent", *, at: float | None = None, in_call_since: float | None = None
+    ) -> None:
+        since = None if in_call_since is None else T0 + int(in_call_since * 1000)
+        self._add(Heartbeat(**self._env(agent, at), in_call_since_ms=since), 1.0)
 
     def write(
         self, store: str, key: str, text: str, *, agent: str = "agent", at: float | None = None
@@ -205,14 +231,201 @@ class _Library:
         return f"{self.prefix}.{name}"
 
 
-def _runaways(lib: _Library) -> None:
+# Words for the generated texts of the real-run patterns: queries, code, pages.
+_WORDS: Final = (
+    "revenue margin quarter growth churn pricing supplier invoice shipment warehouse backlog forecast "
+    "contract renewal discount region segment customer ticket refund warranty compressor valve sensor "
+    "firmware battery charger module release patch deploy cluster replica latency throughput budget "
+    "audit policy report summary analysis dataset column index table query filter metric baseline spring "
+    "autumn harbor meadow granite summit lagoon orchid pebble quartz reef tundra ember fjord"
+)
+_VOCABULARY: Final = tuple(_WORDS.split())
+
+
+def _lexicon(size: int = 3_000) -> tuple[str, ...]:
+    """Made-up words of two to four syllables: texts drawn from them share words about as rarely as real
+    texts on different subjects do, which a few dozen domain words alone would not."""
+    rng = random.Random(7)
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    return tuple("".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(size))
+
+
+_LEXICON: Final = _lexicon()
+
+
+def _text(rng: random.Random, words: int) -> str:
+    """Text as a tool returns it: mostly words of its own, some of the domain's."""
+    return " ".join(
+        rng.choice(_VOCABULARY) if rng.random() < 0.2 else rng.choice(_LEXICON) for _ in range(words)
+    )
+
+
+def _reworded(lib: _Library, rng: random.Random) -> None:
+    """The loops real runs showed that no exact match sees: each rewords, rewrites or re-asks, and each
+    result is new (or nothing new, but never the same call twice)."""
+    # 1. One search reworded 4-10 times, each result list different, a page visited now and then.
+    s = lib.session(lib.scenario("reworded-search", "similar_calls"))
+    subject = ["acme", "third", "quarter", "revenue"]
+    fillers = ["figures", "report", "total", "results", "numbers", "filing", "official"]
+    for i in range(rng.randint(4, 10)):
+        words = rng.sample(subject, k=len(subject)) + rng.sample(fillers, k=rng.randint(0, 2))
+        s.tool(lib.tool("web_search"), {"query": " ".join(words)}, text=_text(rng, 80), at=i * 15.0)
+        if rng.random() < 0.3:
+            s.tool(
+                lib.tool("visit"),
+                {"url": f"https://news.example/{rng.randint(1, 10**6)}"},
+                text=_text(rng, 200),
+            )
+
+    # 2. Exploratory code: 6-17 code runs, each rewritten and with new output, at most 2 failures in a row.
+    s = lib.session(lib.scenario("exploratory-code", "similar_calls"))
+    base = [
+        "import pandas as pd",
+        "df = pd.read_csv('orders.csv', parse_dates=['created'])",
+        "monthly = df.groupby(df['created'].dt.to_period('M'))['amount'].sum()",
+        "print(monthly.tail(12))",
+    ]
+    extras = [
+        "df = df.dropna(subset=['amount'])",
+        "df['amount'] = df['amount'].astype(float)",
+        "df = df[df['status'] == 'paid']",
+        "print(df.dtypes)",
+        "monthly = monthly.sort_index()",
+        "print(len(df))",
+    ]
+    failures = 0
+    for i in range(rng.randint(6, 17)):
+        lines = base[:]
+        for extra in rng.sample(extras, k=rng.randint(1, 2)):
+            lines.insert(rng.randint(1, len(lines) - 1), extra)
+        error = None
+        if failures < 2 and rng.random() < 0.3:
+            error = rng.choice(["KeyError", "ValueError", "TypeError"])
+        failures = failures + 1 if error else 0
+        s.turn(context=8_000 + 400 * i)
+        s.tool(
+            lib.tool("python"),
+            {"code": "\n".join(lines)},
+            error=error,
+            text=None if error else _text(rng, 60),
+        )
+
+    # 3. A browser agent clicking the same button 3-4 times, the page unchanged, among other actions.
+    s = lib.session(lib.scenario("same-click", "repeated_tool_call"))
+    s.tool(lib.tool("browser.navigate"), {"url": "https://shop.example/orders"}, text=_text(rng, 150))
+    unchanged = _text(rng, 150)
+    for _ in range(rng.randint(3, 4)):
+        for _ in range(rng.randint(1, 3)):
+            action = rng.choice(["scroll", "type", "hover"])
+            s.tool(
+                lib.tool(f"browser.{action}"),
+                {"target": f"{action} {rng.randint(1, 10**6)}"},
+                text=_text(rng, 150),
+            )
+        s.tool(lib.tool("browser.click"), {"selector": "#load-more"}, text=unchanged)
+
+    # 4. The same invalid call failing twice, other failures in between.
+    s = lib.session(lib.scenario("same-invalid-call", "repeated_error"))
+    bad = {"sql": "SELEC id, total FROM orders WHERE total > 100"}
+    s.tool(lib.tool("sql"), bad, error="SyntaxError")
+    for _ in range(rng.randint(1, 3)):
+        s.tool(
+            lib.tool("read_file"), {"path": f"schema/{rng.randint(1, 10**6)}.sql"}, error="FileNotFoundError"
+        )
+    s.tool(lib.tool("sql"), bad, error="SyntaxError")
+
+    # 5. An orchestrator re-asking its coder, each request refined; the coder answers with something new.
+    s = lib.session(lib.scenario("re-delegation", "similar_calls"))
+    ask = "write a python function that parses ISO dates into datetime objects"
+    refinements = [
+        "it must handle the Z suffix",
+        "and timezone offsets too",
+        "return naive datetimes in UTC",
+        "raise ValueError on bad input",
+        "keep it without third party packages",
+    ]
+    for i in range(rng.randint(4, 6)):
+        request = ask if i == 0 else f"{ask}; {rng.choice(refinements)}"
+        s.message("orchestrator", "coder", request)
+        s.tool(lib.tool("python"), {"code": _text(rng, 30)}, agent="coder", text=_text(rng, 40))
+        s.message("coder", "orchestrator", _text(rng, 40))
+
+    # 6. Search, visit and find interleaved over the same few pages, which scroll a little each time.
+    s = lib.session(lib.scenario("circling-the-same-pages", "no_new_information"))
+    pages = [_text(rng, 160) for _ in range(3)]
+    for i in range(rng.randint(12, 16)):
+        tool = ("web_search", "visit", "find_in_page")[i % 3]
+        args = {"arg": f"{tool} {i} {rng.randint(1, 10**6)}"}
+        s.tool(lib.tool(tool), args, text=f"{rng.choice(pages)} {_text(rng, 4)}", at=i * 12.0)
+
+
+def _healthy_real(lib: _Library, rng: random.Random) -> None:
+    """The healthy runs that real trials killed: each must trip nothing."""
+    # 1. A support agent answering a user 8-12 times with one lookup; the tool call follows its turn.
+    s = lib.session(lib.scenario("support-dialogue", None))
+    s.message("user", "agent", "my compressor arrived broken, order 4471")
+    s.turn(output="let me look that order up")
+    s.tool(lib.tool("lookup_order"), {"order": 4471}, text=_text(rng, 40))
+    for i in range(rng.randint(8, 12)):
+        s.turn(output=f"answer {i}: {_text(rng, 12)}")
+        s.message("user", "agent", _text(rng, rng.randint(5, 20)), at=s.t + rng.uniform(10, 90))
+    s.turn(output="glad to help")
+    s.end()
+
+    # 2. A provider hang: five sessions of one tenant whose model calls all start in one minute and answer
+    # 40 minutes later; the SDK beats from inside each call.
+    scenario = lib.scenario("provider-hang", None)
+    for n in range(5):
+        s = lib.session(scenario, f"-{n}", user=f"u{n}")
+        start = n * 7.0
+        s.turn(at=start)
+        for minute in range(1, 41):
+            s.heartbeat(at=start + minute * 60.0, in_call_since=start + 1.0)
+        s.turn(at=start + 2_410.0)
+        s.end()
+
+    # 3. One legitimate five-minute tool call.
+    s = lib.session(lib.scenario("long-tool-call", None))
+    s.turn()
+    for _ in range(1, 6):
+        s.heartbeat(at=s.t + 60.0, in_call_since=1.0)
+    s.tool(lib.tool("export_report"), {"range": "2025"}, text=_text(rng, 50), took=0.5)
+    s.turn()
+    s.end()
+
+    # 4. A coding run re-sending its 20k-token context 25 times (500k in all), editing and testing.
+    s = lib.session(lib.scenario("coding-context-resend", None))
+    for i in range(25):
+        s.turn(tokens=20_000, cost=0.03, context=20_000 + 100 * i, at=i * 20.0)
+        if i % 5 == 4:
+            s.tool(
+                lib.tool("run_tests"),
+                {"suite": "unit"},
+                text=f"{rng.randint(1, 40)} failed " + _text(rng, 60),
+            )
+        else:
+            s.tool(
+                lib.tool("edit_file"), {"path": f"src/mod{i % 7}.py", "patch": _text(rng, 20)}, result="ok"
+            )
+    s.end()
+
+    # 5. A router whose whole output is the next speaker's name, the same one several times in a row.
+    s = lib.session(lib.scenario("router", None))
+    for _ in range(rng.randint(4, 8)):
+        s.turn(agent="router", tokens=900, output_tokens=2, output="researcher")
+        s.turn(agent="researcher", output=_text(rng, 30))
+        s.tool(lib.tool("web_search"), {"q": _text(rng, 4)}, agent="researcher", text=_text(rng, 80))
+    s.end("router")
+
+
+def _runaways(lib: _Library, rng: random.Random) -> None:
     s = lib.session(lib.scenario("step-ceiling", "max_steps"))
     for page in range(51):
         s.tool(lib.tool("list_orders"), {"page": page}, {"orders": page})
 
     s = lib.session(lib.scenario("token-ceiling", "max_tokens"))
     for i in range(5):
-        s.turn(tokens=120_000, cost=0.05, context=100_000)
+        s.turn(tokens=450_000, cost=0.05, context=100_000)
         s.tool(lib.tool("read_chapter"), {"chapter": i})
 
     s = lib.session(lib.scenario("cost-ceiling", "max_cost_usd"))
@@ -225,20 +438,10 @@ def _runaways(lib: _Library) -> None:
         s.turn()
         s.tool(lib.tool("web_search"), {"q": "acme q3 revenue"}, {"hits": ["a", "b"]})
 
-    # Reworded queries with nothing new coming back: the near-repeat.
-    s = lib.session(lib.scenario("reworded-search", "repeated_tool_call"))
-    for q in (
-        "acme revenue q3",
-        "q3 revenue acme",
-        "ACME Q3 revenue figures",
-        "acme third quarter revenue",
-        "revenue of acme in q3",
-    ):
-        s.tool(lib.tool("web_search"), {"q": q}, {"hits": ["acme-10q.pdf"]})
-
+    _reworded(lib, rng)
     s = lib.session(lib.scenario("search-fetch-cycle", "cyclic_pattern"))
     for _ in range(3):
-        s.tool(lib.tool("search"), {"q": "pricing"}, {"hits": 3})
+        s.tool(lib.tool("search"), {"q": "pricing"}, {"hits": rng.randint(1, 10**6)})
         s.tool(lib.tool("fetch"), {"url": "https://example.com/pricing"}, {"status": 200})
 
     s = lib.session(lib.scenario("reviewer-ping-pong", "agent_ping_pong"))
@@ -252,7 +455,7 @@ def _runaways(lib: _Library) -> None:
         s.tool(lib.tool("ls"), {"dir": f"/tmp/{i}"})
 
     s = lib.session(lib.scenario("talking-to-itself", "monologue"))
-    for _ in range(8):
+    for _ in range(9):  # the ninth completing shows that the eighth did nothing either
         s.turn()
 
     s = lib.session(lib.scenario("timeout-again", "repeated_error"))
@@ -356,7 +559,8 @@ def _runaways(lib: _Library) -> None:
     reader.end()
 
 
-def _healthy(lib: _Library) -> None:
+def _healthy(lib: _Library, rng: random.Random) -> None:
+    _healthy_real(lib, rng)
     s = lib.session(lib.scenario("research", None))
     for i, topic in enumerate(("market size", "competitors", "pricing", "regulation")):
         s.turn(cost=0.02)
@@ -437,11 +641,14 @@ def _healthy(lib: _Library) -> None:
     s.end("planner")
 
 
-def scenario_library(prefix: str = "lib") -> list[Scenario]:
-    """Every scenario, its session ids, tenants, users and tools starting with `prefix`."""
+def scenario_library(prefix: str = "lib", *, variant: int | None = None) -> list[Scenario]:
+    """Every scenario, its session ids, tenants, users and tools starting with `prefix`. `variant` seeds
+    the wording, lengths and interleaving of the patterns real runs showed (None: the library's own), so
+    a property test can try many runs of each pattern."""
     lib = _Library(prefix)
-    _runaways(lib)
-    _healthy(lib)
+    rng = random.Random(variant if variant is not None else 14)
+    _runaways(lib, rng)
+    _healthy(lib, rng)
     return lib.scenarios
 
 

@@ -27,9 +27,13 @@ from tests.detectors.sessions import T0, SessionUnderTest
 class Session(SessionUnderTest):
     """One session's events through a suite of loop detectors, with a sequence per agent."""
 
-    def call(self, t: int, tool: str = "search", args: str = "d", agent: str = "a1") -> list[Verdict]:
+    def call(
+        self, t: int, tool: str = "search", args: str = "d", agent: str = "a1", call_id: str | None = None
+    ) -> list[Verdict]:
         return self.send(
-            ToolCalled(**self.envelope(t, agent), tool_name=tool, call_id=f"c{t}", args_digest=args)
+            ToolCalled(
+                **self.envelope(t, agent), tool_name=tool, call_id=call_id or f"c{t}", args_digest=args
+            )
         )
 
     def result(
@@ -41,12 +45,13 @@ class Session(SessionUnderTest):
         error: str | None = None,
         prints: list[int] | None = None,
         agent: str = "a1",
+        call_id: str | None = None,
     ) -> list[Verdict]:
         return self.send(
             ToolReturned(
                 **self.envelope(t, agent),
                 tool_name=tool,
-                call_id=f"c{t}",
+                call_id=call_id or f"c{t}",
                 status="ok" if error is None else "error",
                 error_type=error,
                 result_digest=digest,
@@ -101,54 +106,44 @@ def test_calls_with_different_arguments_or_tools_are_not_repeats() -> None:
     assert all(s.call(100 + i, tool=f"tool{i}", args="same") == [] for i in range(20))
 
 
-def test_reworded_calls_getting_the_same_result_fire_as_same_results() -> None:
-    s = Session(RepeatedToolCall(count=3))
+def called(
+    s: Session, t: int, args: str, result: str | None = "r", error: str | None = None
+) -> list[Verdict]:
+    """One call and its result, a second apart in the call's own id."""
+    tool = "click" if args.startswith("#") else "search"
+    s.call(t, tool=tool, args=args, call_id=f"k{t}")
+    return s.result(t + 500, result, tool=tool, error=error, call_id=f"k{t}")
+
+
+def test_the_same_click_changing_nothing_fires_on_its_third_time_among_other_actions() -> None:
+    s = Session(RepeatedToolCall())
     fired = []
     for i in range(3):
-        s.call(i * 1_000, args=f"reworded {i}")
-        fired.append(s.result(i * 1_000 + 500, "r"))
-    assert fired[:2] == [[], []]
-    (v,) = fired[2]
-    assert v.failure_class is FailureClass.RUNAWAY_EXECUTION
-    assert (v.evidence["match"], v.evidence["tool_name"]) == ("same_results", "search")
-    assert v.event_ids == ("e-a1-2", "e-a1-4", "e-a1-6")
-    assert (v.window_start_ms, v.window_end_ms) == (T0 + 500, T0 + 2_500)
+        fired.append(called(s, i * 10_000, "#load-more", "page unchanged"))
+        fired.append(called(s, i * 10_000 + 3_000, f"scroll {i}", f"viewport {i}"))
+    assert fires_at(fired) == [4]
+    (v,) = fired[4]
+    assert (v.evidence["match"], v.evidence["tool_name"], v.observed) == ("same_result", "click", 3)
+    assert v.event_ids == ("e-a1-2", "e-a1-6", "e-a1-10")
 
 
-def test_a_result_with_something_new_restarts_the_run() -> None:
-    s = Session(RepeatedToolCall(count=3))
-    assert fires_at([s.result(i, d) for i, d in enumerate("rrqqsq")]) == []
-    assert s.result(10, "q") == []
-    (v,) = s.result(11, "q")
-    assert v.observed == 3
+def test_a_click_whose_result_changes_is_not_a_repeat() -> None:
+    s = Session(RepeatedToolCall(count=10))
+    results = ["p1", "p1", "p2", "p2", "p3", "p3"]
+    assert fires_at([called(s, i * 1_000, "#next", r) for i, r in enumerate(results)]) == []
+    assert fires_at([called(s, 10_000 + i * 1_000, "#next", "p3") for i in range(1)]) == [0]
 
 
-def test_results_whose_fingerprints_were_all_seen_bring_nothing_new() -> None:
-    s = Session(RepeatedToolCall(count=3))
-    assert s.result(0, "r1", prints=[1, 2, 3, 4, 5, 6]) == []
-    assert s.result(1, "r2", prints=[6, 5, 4, 3]) == []
-    assert s.result(2, "r3", prints=[1, 2, 3, 4]) != []
-    fresh = Session(RepeatedToolCall(count=3))
-    outcomes = [fresh.result(i, f"r{i}", prints=[1, 2, 3, 4, i + 10]) for i in range(10)]
-    assert fires_at(outcomes) == []
-    # Too few fingerprints to tell a repeat from chance: only the result digest decides.
-    small = Session(RepeatedToolCall(count=3))
-    assert [small.result(i, f"r{i}", prints=[1]) for i in range(5)] == [[]] * 5
+def test_same_results_are_counted_within_the_window_and_can_be_switched_off() -> None:
+    s = Session(RepeatedToolCall(window_ms=60_000))
+    assert fires_at([called(s, i * 40_000, "#next", "same") for i in range(4)]) == []
+    off = Session(RepeatedToolCall(same_result_count=None))
+    assert fires_at([called(off, i * 1_000, "#next", "same") for i in range(4)]) == []
 
 
-def test_error_results_do_not_count_as_repeated_results() -> None:
-    s = Session(RepeatedToolCall(count=3))
-    assert s.result(0, "r") == []
-    assert all(s.result(i, "r", error="TimeoutError") == [] for i in range(1, 10))
-    assert s.result(10, "r") == []
-    (v,) = s.result(11, "r")
-    assert v.event_ids == ("e-a1-1", "e-a1-11", "e-a1-12")
-
-
-def test_identical_large_results_with_the_sdks_64_fingerprints_fire_as_same_results() -> None:
-    s = Session(RepeatedToolCall(count=3))
-    prints = list(range(1_000, 1_064))
-    assert fires_at([s.result(i, "r", prints=prints) for i in range(3)]) == [2]
+def test_failures_are_not_same_results() -> None:
+    s = Session(RepeatedToolCall())
+    assert fires_at([called(s, i * 1_000, "#pay", None, "TimeoutError") for i in range(4)]) == []
 
 
 # CyclicPattern
@@ -237,22 +232,42 @@ def test_no_progress_is_counted_per_agent() -> None:
 # Monologue
 
 
-def test_turns_in_a_row_without_acting_fire_on_the_limit() -> None:
+def test_turns_in_a_row_without_acting_fire_once_the_turn_after_them_completes() -> None:
     s = Session(Monologue(turns=4))
-    fired = [s.turn(i, f"o{i}") for i in range(4)]
-    assert fires_at(fired) == [3]
-    assert fired[3][0].evidence["turns"] == 4
+    fired = [s.turn(i, f"o{i}") for i in range(5)]
+    assert fires_at(fired) == [4]
+    assert fired[4][0].evidence["turns"] == 4
 
 
 def test_a_tool_call_or_a_message_in_between_resets_the_monologue() -> None:
     s = Session(Monologue(turns=4))
-    assert all(s.turn(i) == [] for i in range(3))
-    s.call(3)
-    assert all(s.turn(i) == [] for i in range(4, 7))
-    s.message(7, "a1", "a2", "hi")
-    assert all(s.turn(i) == [] for i in range(8, 11))
-    s.call(11, agent="a2")  # another agent acting does not stop a1's monologue
-    assert s.turn(12) != []
+    assert all(s.turn(i) == [] for i in range(4))
+    s.call(4)
+    assert all(s.turn(i) == [] for i in range(5, 9))
+    s.message(9, "a1", "a2", "hi")
+    assert all(s.turn(i) == [] for i in range(10, 14))
+    s.call(14, agent="a2")  # another agent acting does not stop a1's monologue
+    assert s.turn(15) != []
+
+
+def test_the_tool_call_reported_after_its_turn_makes_that_turn_an_acting_one() -> None:
+    # The SDK publishes turn.completed, then the tool.called that the turn's output asked for.
+    s = Session(Monologue(turns=3))
+    outcomes = []
+    for i in range(12):
+        outcomes.append(s.turn(i * 10))
+        s.call(i * 10 + 1, args=f"lookup {i}")
+    assert fires_at(outcomes) == []
+
+
+def test_a_support_dialogue_where_the_user_writes_between_the_answers_is_no_monologue() -> None:
+    s = Session(Monologue(turns=3))
+    outcomes = [s.turn(0)]
+    s.call(1, args="order")
+    for i in range(1, 12):
+        s.message(i * 10, "user", "a1", f"question {i}")
+        outcomes.append(s.turn(i * 10 + 5))
+    assert fires_at(outcomes) == []
 
 
 # RepeatedError
@@ -291,7 +306,7 @@ LOOPS: list[tuple[Detector, int, Step]] = [
     (CyclicPattern(), 6, lambda s, i, t: s.call(t, tool="AB"[i % 2])),
     (AgentPingPong(exchanges=2), 3, lambda s, i, t: s.message(t, f"a{i % 2}", f"a{1 - i % 2}", "x")),
     (NoProgress(), 3, lambda s, i, t: s.turn(t)),
-    (Monologue(turns=3), 3, lambda s, i, t: s.turn(t, f"o{i}")),
+    (Monologue(turns=3), 4, lambda s, i, t: s.turn(t, f"o{i}")),
     (RepeatedError(), 3, lambda s, i, t: s.result(t, None, error="T")),
 ]
 loops = pytest.mark.parametrize(("detector", "n", "step"), LOOPS, ids=[d.name for d, _, _ in LOOPS])

@@ -236,3 +236,37 @@ def test_state_stays_small_and_json_after_ten_thousand_out_of_order_events(seed:
     assert len({edge[0] for edge in edges}) == len(edges)
     assert len(orjson.dumps(s.state.slots)) < 1_500
     assert SessionState.from_bytes(s.state.to_bytes()).slots == s.state.slots
+
+
+def test_heartbeats_from_inside_a_long_call_are_not_silence_but_a_call_that_never_ends_is() -> None:
+    s = Session(Stall(quiet_ms=300_000, max_call_ms=1_800_000))
+    s.work(0, "a1")
+    # A five-minute tool call: the SDK beats every minute from inside it.
+    for minute in range(1, 40):
+        s.send(Heartbeat(**s.envelope(minute * 60_000, "a1"), in_call_since_ms=T0 + 1_000))
+        verdicts = s.suite.expire(s.state, T0 + minute * 60_000 + 30_000)
+        if minute * 60_000 + 30_000 - 1_000 <= 1_800_000:
+            assert verdicts == [], minute
+        else:
+            (verdict,) = verdicts
+            assert verdict.evidence["in_call_since_ms"] == T0 + 1_000
+            assert "inside one call for 30" in verdict.reason
+            break
+    else:
+        raise AssertionError("a call running past max_call_ms never fired")
+
+
+def test_a_call_that_ends_leaves_the_ordinary_quiet_rule() -> None:
+    s = Session(Stall(quiet_ms=300_000, max_call_ms=600_000))
+    s.send(Heartbeat(**s.envelope(0, "a1"), in_call_since_ms=T0))
+    s.work(400_000, "a1")  # the call returned and the agent moved on
+    assert s.suite.expire(s.state, T0 + 700_000) == []
+    (verdict,) = s.suite.expire(s.state, T0 + 701_000)
+    assert "quiet for" in verdict.reason
+
+
+def test_an_agent_whose_heartbeats_stop_mid_call_stalls_as_quiet() -> None:
+    s = Session(Stall(quiet_ms=300_000))
+    s.send(Heartbeat(**s.envelope(0, "a1"), in_call_since_ms=T0))
+    (verdict,) = s.suite.expire(s.state, T0 + 301_000)
+    assert "quiet for" in verdict.reason

@@ -40,7 +40,7 @@ def test_budget_keys_as_the_first_release_spelled_them_still_work(tmp_path: Path
     path = tmp_path / "tripwire.yaml"
     path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\n  max_cost_usd: null\n")
     budget = load_settings(path).detectors.session_budget
-    assert (budget.max_steps, budget.max_tokens, budget.max_cost_usd) == (12, 500_000, None)
+    assert (budget.max_steps, budget.max_tokens, budget.max_cost_usd) == (12, 2_000_000, None)
     path.write_text(f"signing_key: {KEY}\ndetectors:\n  max_steps: 12\n  session_budget: {{max_steps: 9}}\n")
     with pytest.raises(ConfigError, match=r"detectors\.max_steps: given twice"):
         load_settings(path)

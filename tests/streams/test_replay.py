@@ -71,12 +71,13 @@ def test_replay_prints_each_verdict_with_its_evidence_as_json(
     assert letter["line"] == 1
     assert "schema_version" in letter["reason"]
     by_detector = {v["detector"]: v for v in verdicts}
+    by_session = {v["session_id"]: v for v in verdicts}
     monologue = by_detector["monologue"]
     assert (monologue["mode"], monologue["action"]) == ("shadow", "observed")
-    loop = by_detector["repeated_tool_call"]
+    loop = by_session["t-runaway-same-call-again"]
     assert loop["action"] == "killed"
     assert loop["failure_class"] == "runaway_execution"
-    assert len(loop["event_ids"]) >= 5
+    assert len(loop["event_ids"]) >= 3
     assert loop["window_start_ms"] <= loop["event_time_ms"] <= loop["window_end_ms"]
     assert loop["evidence"]["tool_name"].endswith("web_search")
     assert by_detector["burn_rate"]["action"] == "warned"
