@@ -45,7 +45,8 @@ def _positive(**values: float) -> None:
 
 class SimilarCalls:
     """One tool called `count` times within `window_ms` with alike arguments (not the same ones), or one
-    agent sending another agent `count` alike messages within it."""
+    agent sending another agent `count` alike messages within it (the same one again neither counts nor
+    breaks the run)."""
 
     kinds = frozenset({"tool.called", "message.sent"})
 
@@ -90,7 +91,9 @@ class SimilarCalls:
         if run is not None and t - run[4] > self.window_ms:
             run = None
         if run is not None and mark == run[2]:
-            runs[key] = run  # the same call again is RepeatedToolCall's case: it neither counts nor breaks
+            # The same call or message again is RepeatedToolCall's or AgentPingPong's case: it neither
+            # counts nor breaks the run.
+            runs[key] = run
             return None
         if run is not None and max(similarity(sketch, run[0]), similarity(sketch, run[1])) < self.similarity:
             run = None

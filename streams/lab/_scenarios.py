@@ -17,7 +17,10 @@ import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
+
+import orjson
 
 from agents_contract import (
     AgentEvent,
@@ -32,6 +35,7 @@ from agents_contract import (
     ToolReturned,
     TurnCompleted,
     canonical_digest,
+    encode_event,
     fingerprints,
     sketch,
 )
@@ -50,16 +54,37 @@ class Scenario:
     events: list[AgentEvent] = field(default_factory=list)
     # A partial `detectors` section (`tenants` / `agents` only) this scenario needs on top of the defaults.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # What `tripwire replay --expect` should find: the sessions (by id suffix) the default config kills and
+    # those it must leave alone. None: every session of a runaway is killed. A scenario whose detector only
+    # warns or opens a circuit by default is not labelled.
+    killed: tuple[str, ...] | None = None
+    spared: tuple[str, ...] = ()
+    labelled: bool = True
 
     @property
     def sessions(self) -> list[str]:
         return list(dict.fromkeys(e.session_id for e in self.events))
+
+    def labels(self) -> dict[str, str]:
+        """Session id -> "kill" or "none", as `tripwire replay --expect` reads them."""
+        if self.detector is None:
+            return dict.fromkeys(self.sessions, "none")
+        if not self.labelled:
+            return {}
+        labels: dict[str, str] = {}
+        for sid in self.sessions:
+            if self.killed is None or sid.endswith(self.killed):
+                labels[sid] = "kill"
+            elif sid.endswith(self.spared) and self.spared:
+                labels[sid] = "none"
+        return labels
 
 
 class _Session:
     """Writes one session's events: each agent's own sequence, time moving forward by `at` (seconds)."""
 
     def __init__(self, scenario: Scenario, session_id: str, *, tenant: str, user: str) -> None:
+        self.scenario = scenario
         self._out = scenario.events
         self.session_id = session_id
         self.tenant = tenant
@@ -267,9 +292,13 @@ def _reworded(lib: _Library, rng: random.Random) -> None:
     s = lib.session(lib.scenario("reworded-search", "similar_calls"))
     subject = ["acme", "third", "quarter", "revenue"]
     fillers = ["figures", "report", "total", "results", "numbers", "filing", "official"]
+    asked: set[str] = set()
     for i in range(rng.randint(4, 10)):
-        words = rng.sample(subject, k=len(subject)) + rng.sample(fillers, k=rng.randint(0, 2))
-        s.tool(lib.tool("web_search"), {"query": " ".join(words)}, text=_text(rng, 80), at=i * 15.0)
+        query = ""
+        while not query or query in asked:  # reworded, never sent twice as it was
+            query = " ".join(rng.sample(subject, k=len(subject)) + rng.sample(fillers, k=rng.randint(0, 2)))
+        asked.add(query)
+        s.tool(lib.tool("web_search"), {"query": query}, text=_text(rng, 80), at=i * 15.0)
         if rng.random() < 0.3:
             s.tool(
                 lib.tool("visit"),
@@ -344,8 +373,9 @@ def _reworded(lib: _Library, rng: random.Random) -> None:
         "raise ValueError on bad input",
         "keep it without third party packages",
     ]
+    rng.shuffle(refinements)
     for i in range(rng.randint(4, 6)):
-        request = ask if i == 0 else f"{ask}; {rng.choice(refinements)}"
+        request = "; ".join([ask, *refinements[:i]])  # each time one more thing asked for
         s.message("orchestrator", "coder", request)
         s.tool(lib.tool("python"), {"code": _text(rng, 30)}, agent="coder", text=_text(rng, 40))
         s.message("coder", "orchestrator", _text(rng, 40))
@@ -353,10 +383,11 @@ def _reworded(lib: _Library, rng: random.Random) -> None:
     # 6. Search, visit and find interleaved over the same few pages, which scroll a little each time.
     s = lib.session(lib.scenario("circling-the-same-pages", "no_new_information"))
     pages = [_text(rng, 160) for _ in range(3)]
+    order = [page for _ in range(6) for page in rng.sample(pages, k=3)]
     for i in range(rng.randint(12, 16)):
         tool = ("web_search", "visit", "find_in_page")[i % 3]
         args = {"arg": f"{tool} {i} {rng.randint(1, 10**6)}"}
-        s.tool(lib.tool(tool), args, text=f"{rng.choice(pages)} {_text(rng, 4)}", at=i * 12.0)
+        s.tool(lib.tool(tool), args, text=f"{order[i]} {_text(rng, 4)}", at=i * 12.0)
 
 
 def _healthy_real(lib: _Library, rng: random.Random) -> None:
@@ -463,6 +494,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
         s.tool(lib.tool("crm_lookup"), {"attempt": i}, error="TimeoutError")
 
     s = lib.session(lib.scenario("spending-fast", "burn_rate"))
+    s.scenario.labelled = False  # warns by default
     for i in range(6):
         s.turn(tokens=8_000, cost=1.0, context=8_000)
         s.tool(lib.tool("render"), {"frame": i})
@@ -500,6 +532,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
         s.tool(lib.tool("read"), {"part": i})
 
     s = lib.session(lib.scenario("write-storm", "memory_write_amplification"))
+    s.scenario.labelled = False  # warns by default
     for i in range(51):
         s.write("scratch", f"note-{i}", f"intermediate result number {i} of the batch job that writes a lot")
     s.end()
@@ -510,6 +543,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
     scenario = lib.scenario(
         "tenant-day", "tenant_daily_budget", tenants={big: {"tenant_daily_budget": {"max_cost_usd": 2.5}}}
     )
+    scenario.killed = ("-2", "-3")  # the sessions still spending once the day's budget is gone
     for n in range(4):
         s = lib.session(scenario, f"-{n}", tenant=big, user=f"u{n}")
         for i in range(2):
@@ -521,6 +555,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
     scenario = lib.scenario(
         "agent-hour", "agent_budget", agents={buyer: {"agent_budget": {"max_cost_usd": 2.0}}}
     )
+    scenario.killed = ("-1", "-2")
     for n in range(3):
         s = lib.session(scenario, f"-{n}")
         for i in range(2):
@@ -530,6 +565,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
 
     # A dependency failing for everybody: no session sees much, the fleet sees 2 errors in 3 calls.
     scenario = lib.scenario("dependency-down", "tool_circuit")
+    scenario.labelled = False  # opens the tool's circuit; kills nobody
     flaky = lib.tool("payments_api")
     for n in range(8):
         s = lib.session(scenario, f"-{n}", user=f"u{n}")
@@ -540,6 +576,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
 
     # A user's record written to memory in one session comes back in another user's tool result.
     scenario = lib.scenario("record-leak", "memory_leak")
+    scenario.killed, scenario.spared = ("-reader",), ("-owner",)
     owner = lib.session(scenario, "-owner", user="dana")
     owner.write("crm-notes", "dana/profile", _RECORD)
     owner.end()
@@ -551,6 +588,7 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
     reader.end()
 
     scenario = lib.scenario("key-leak", "memory_namespace_leak")
+    scenario.killed, scenario.spared = ("-reader",), ("-owner",)
     owner = lib.session(scenario, "-owner", user="sam")
     owner.write("prefs", "sam/settings", "dark mode on")
     owner.end()
@@ -665,3 +703,19 @@ def in_time_order(scenarios: list[Scenario]) -> Iterator[AgentEvent]:
     """Every event of the scenarios as one recording: by event time, each session's own order kept."""
     events = [e for s in scenarios for e in s.events]
     return iter(sorted(events, key=lambda e: e.event_time_ms))
+
+
+def write_library(directory: Path, *, variant: int | None = None) -> list[Path]:
+    """The library as a user's own recording would be: `events.jsonl` (in time order), `expect.json`
+    (session id -> "kill" or "none", for `tripwire replay --expect`) and `tripwire.yaml` (the overrides it
+    needs as a `detectors` section)."""
+    library = scenario_library("lib", variant=variant)
+    directory.mkdir(parents=True, exist_ok=True)
+    events = directory / "events.jsonl"
+    events.write_bytes(b"".join(encode_event(e) + b"\n" for e in in_time_order(library)))
+    labels = {sid: label for scenario in library for sid, label in scenario.labels().items()}
+    expect = directory / "expect.json"
+    expect.write_bytes(orjson.dumps(labels, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    config = directory / "tripwire.yaml"
+    config.write_bytes(orjson.dumps({"detectors": overrides(library)}, option=orjson.OPT_INDENT_2))
+    return [events, expect, config]

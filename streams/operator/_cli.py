@@ -11,6 +11,9 @@ tripwire incidents list [--json] | show ID [--markdown]     incidents from the a
 tripwire release SESSION [--config FILE]                    clear a session's fence
 tripwire tail control|alerts|dlq [--config FILE] [-f]       print a topic as JSON lines
 tripwire replay FILE.jsonl [--config FILE] [--json]         the detectors over recorded events, offline
+                 [--expect LABELS.json]                     ... scored against labels: recall, false kills
+tripwire calibrate FILE.jsonl                               per-agent ceilings proposed from healthy runs
+tripwire scenarios DIR [--variant N]                        the scenario library as a recording and labels
 tripwire schema                                             the wire contract as JSON Schema
 tripwire keygen                                             an Ed25519 key pair for signing commands
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
@@ -84,7 +87,22 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="let the clock run this long past the last event, so quiet sessions meet their timers",
     )
+    p.add_argument(
+        "--expect",
+        type=Path,
+        help='a JSON object of session id -> "kill" or "none": score the config (recall, false kills)',
+    )
     p.set_defaults(run=_replay)
+
+    p = sub.add_parser("calibrate", help="propose per-agent ceilings from recorded healthy runs")
+    p.add_argument("file", type=Path, help="recorded events of healthy sessions, one JSON event per line")
+    p.add_argument("--min-sessions", type=int, default=20, help="fewer sessions of an agent: no proposal")
+    p.set_defaults(run=_calibrate)
+
+    p = sub.add_parser("scenarios", help="write the scenario library as a recording, its labels and config")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--variant", type=int, default=None, help="another seeded variant of the patterns")
+    p.set_defaults(run=_scenarios)
 
     p = sub.add_parser("worker", help="run a stream worker")
     p.add_argument("--config", type=Path)
@@ -350,11 +368,40 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from streams.operator._replay import detector_settings, read_lines, render, replay_lines
+    from streams.operator._replay import (
+        detector_settings,
+        read_expectations,
+        read_lines,
+        render,
+        render_score,
+        replay_lines,
+        score,
+    )
 
     settings = detector_settings(args.config)
+    expected = read_expectations(args.expect) if args.expect is not None else None
     report = replay_lines(read_lines(args.file), settings, horizon_ms=int(args.horizon_s * 1000))
     print(render(report, json_output=args.json))
+    if expected is not None:
+        result = score(report, expected)
+        print(orjson.dumps({"score": result.describe()}).decode() if args.json else render_score(result))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from streams.operator._calibrate import calibrate, render_proposal
+    from streams.operator._replay import read_lines
+
+    print(render_proposal(calibrate(read_lines(args.file)), min_sessions=args.min_sessions))
+    return 0
+
+
+def _scenarios(args: argparse.Namespace) -> int:
+    from streams.lab._scenarios import write_library
+
+    written = write_library(args.directory, variant=args.variant)
+    for path in written:
+        print(path)
     return 0
 
 

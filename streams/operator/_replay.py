@@ -44,6 +44,7 @@ class ReplayReport:
     # (verdict, what the worker would have done: killed / warned / observed, agent_id)
     verdicts: list[tuple[Verdict, str]] = field(default_factory=list)
     sessions: int = 0
+    session_ids: set[str] = field(default_factory=set)
 
 
 def detector_settings(path: Path | None) -> DetectorSettings:
@@ -111,6 +112,7 @@ class Replay:
         self.report.duplicates += result.duplicates
         for state, _ in result.dirty.values():
             self.states[state.session_id] = state
+            self.report.session_ids.add(state.session_id)
         self.report.sessions = len(self.states)
         for letter in result.dead_letters:
             self.report.dead_letters.append((letter.record.offset, letter.reason))
@@ -228,3 +230,100 @@ def render(report: ReplayReport, *, json_output: bool) -> str:
         window = f"window {verdict.window_start_ms}..{verdict.window_end_ms}"
         out.append(f"           {window}; events {', '.join(verdict.event_ids[-6:])}")
     return "\n".join(out)
+
+
+@dataclass
+class Score:
+    """How a config did on labelled sessions: each labelled `kill` session killed or missed, each `none`
+    session left alone or killed (a false kill), and which detector killed first."""
+
+    loops: int = 0
+    healthy: int = 0
+    caught: list[tuple[str, str]] = field(default_factory=list)  # (session, detector)
+    missed: list[str] = field(default_factory=list)
+    false_kills: list[tuple[str, str]] = field(default_factory=list)  # (session, detector)
+    unlabelled: int = 0
+
+    @property
+    def recall(self) -> float:
+        return len(self.caught) / self.loops if self.loops else 1.0
+
+    @property
+    def false_kill_rate(self) -> float:
+        return len(self.false_kills) / self.healthy if self.healthy else 0.0
+
+    def by_detector(self) -> dict[str, dict[str, int]]:
+        table: dict[str, dict[str, int]] = {}
+        for rows, column in ((self.caught, "caught"), (self.false_kills, "false_kills")):
+            for _, detector in rows:
+                counts = table.setdefault(detector, {"caught": 0, "false_kills": 0})
+                counts[column] += 1
+        return dict(sorted(table.items()))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "loops": self.loops,
+            "healthy": self.healthy,
+            "recall": round(self.recall, 4),
+            "false_kill_rate": round(self.false_kill_rate, 4),
+            "by_detector": self.by_detector(),
+            "missed": self.missed,
+            "false_kills": [{"session_id": s, "detector": d} for s, d in self.false_kills],
+            "unlabelled_sessions": self.unlabelled,
+        }
+
+
+def read_expectations(path: Path) -> dict[str, bool]:
+    """`{session_id: "kill" | "none"}` from a JSON file, as {session_id: should be killed}."""
+    try:
+        data = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: expected a JSON object of session id -> "kill" or "none"')
+    expected: dict[str, bool] = {}
+    for session, label in data.items():
+        if label not in ("kill", "none"):
+            raise ConfigError(f'{path}: session {session!r}: {label!r} is not allowed; use "kill" or "none"')
+        expected[session] = label == "kill"
+    return expected
+
+
+def score(report: ReplayReport, expected: dict[str, bool]) -> Score:
+    """Score a replay against labels: a session counts as killed by the first verdict that would have
+    killed it (enforce mode)."""
+    killer: dict[str, str] = {}
+    for verdict, action in report.verdicts:
+        if action == "killed":
+            killer.setdefault(verdict.session_id, verdict.detector)
+    result = Score()
+    for session, loop in expected.items():
+        detector = killer.get(session)
+        if loop:
+            result.loops += 1
+            if detector is None:
+                result.missed.append(session)
+            else:
+                result.caught.append((session, detector))
+        else:
+            result.healthy += 1
+            if detector is not None:
+                result.false_kills.append((session, detector))
+    result.unlabelled = len(report.session_ids - expected.keys())
+    return result
+
+
+def render_score(result: Score) -> str:
+    lines = [
+        f"{len(result.caught)} of {result.loops} loops killed (recall {result.recall:.1%}); "
+        f"{len(result.false_kills)} of {result.healthy} healthy sessions killed "
+        f"(false kills {result.false_kill_rate:.1%}); {result.unlabelled} sessions unlabelled",
+        f"  {'detector':<28} {'caught':>7} {'false kills':>12}",
+    ]
+    for detector, counts in result.by_detector().items():
+        lines.append(f"  {detector:<28} {counts['caught']:>7} {counts['false_kills']:>12}")
+    lines.extend(f"  missed      {session}" for session in result.missed)
+    lines.extend(f"  false kill  {session} by {detector}" for session, detector in result.false_kills)
+    return "\n".join(lines)

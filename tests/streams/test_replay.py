@@ -11,6 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents_contract import CommandSigner, encode_event
 from detectors import DetectorSettings, keyed_detectors, session_detectors
@@ -48,6 +50,25 @@ def test_every_runaway_scenario_trips_its_detector_and_no_healthy_session_trips_
         a.detector.name for a in keyed_detectors(settings)
     }
     assert covered == every
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.integers(0, 2**32))
+def test_every_variant_of_the_real_run_patterns_is_judged_as_its_scenario_says(variant: int) -> None:
+    # Other wordings, lengths and interleavings of the loops and healthy runs real trials showed.
+    library = scenario_library("v", variant=variant)
+    settings_ = DetectorSettings.model_validate(overrides(library))
+    lines = [encode_event(e) for e in in_time_order(library)]
+    report = replay_lines(lines, settings_, horizon_ms=HORIZON_S * 1000)
+    fired: dict[str, list[str]] = {}
+    for verdict, _ in report.verdicts:
+        fired.setdefault(verdict.session_id, []).append(verdict.detector)
+    for scenario in library:
+        got = [d for sid in scenario.sessions for d in fired.get(sid, [])]
+        if scenario.detector is None:
+            assert got == [], f"variant {variant}: {scenario.name} is healthy but tripped {got}"
+        else:
+            assert scenario.detector in got, f"variant {variant}: {scenario.name} tripped {got}"
 
 
 def test_replay_prints_each_verdict_with_its_evidence_as_json(
