@@ -5,9 +5,11 @@ from detectors._ceilings import CeilingLimits, CostCeiling, StepCeiling, TokenCe
 from detectors._context import ContextBlowup
 from detectors._errors import ErrorBurst, ErrorPropagation
 from detectors._keyed import (
+    CORRELATED_QUIET,
     STAGES,
     AgentRollingBudget,
     ContentOwnership,
+    CorrelatedQuiet,
     KeyedDetector,
     KeyedPolicy,
     KeyedSet,
@@ -16,6 +18,7 @@ from detectors._keyed import (
     TenantDailyBudget,
     ToolCircuit,
     pack_stage_records,
+    quiet_record,
     stage_records,
     unpack_stage_records,
 )
@@ -39,7 +42,7 @@ from detectors._settings import (
     keyed_detectors,
     session_detectors,
 )
-from detectors._stalls import Deadlock, Stall
+from detectors._stalls import Deadlock, Stall, hold_quiet, quiet_signal
 from detectors._state import SessionState
 from detectors._suite import (
     Armed,
@@ -56,6 +59,7 @@ from detectors._suite import (
 from detectors._verdict import MODES, FailureClass, Mode, Verdict
 
 __all__ = [
+    "CORRELATED_QUIET",
     "MODES",
     "STAGES",
     "AgentPingPong",
@@ -66,6 +70,7 @@ __all__ = [
     "Clock",
     "ContentOwnership",
     "ContextBlowup",
+    "CorrelatedQuiet",
     "CostCeiling",
     "CyclicPattern",
     "Deadlock",
@@ -106,8 +111,11 @@ __all__ = [
     "build_policy",
     "build_suite",
     "ceilings",
+    "hold_quiet",
     "keyed_detectors",
     "pack_stage_records",
+    "quiet_record",
+    "quiet_signal",
     "session_detectors",
     "stage_records",
     "unpack_stage_records",

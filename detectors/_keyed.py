@@ -18,6 +18,7 @@ from typing import Any, Final, NamedTuple, Protocol
 import orjson
 
 from agents_contract import AgentEvent, MemoryRead, MemoryWritten, ToolReturned, TurnCompleted
+from detectors._state import SessionState
 from detectors._suite import Armed
 from detectors._verdict import FailureClass, Verdict
 from detectors._window import tally
@@ -31,8 +32,9 @@ AGENT_BUDGET: Final = "agent_budget"
 TOOL_CIRCUIT: Final = "tool_circuit"
 MEMORY_LEAK: Final = "memory_leak"
 MEMORY_NAMESPACE_LEAK: Final = "memory_namespace_leak"
+CORRELATED_QUIET: Final = "correlated_quiet"
 STAGES: Final = frozenset(
-    {TENANT_DAILY_BUDGET, AGENT_BUDGET, TOOL_CIRCUIT, MEMORY_LEAK, MEMORY_NAMESPACE_LEAK}
+    {TENANT_DAILY_BUDGET, AGENT_BUDGET, TOOL_CIRCUIT, MEMORY_LEAK, MEMORY_NAMESPACE_LEAK, CORRELATED_QUIET}
 )
 
 
@@ -184,6 +186,24 @@ def stage_records(
             key = f"{event.store}/{event.key}"
             out.append(_record(MEMORY_NAMESPACE_LEAK, key, event, read=read, store=event.store))
     return out
+
+
+def quiet_record(state: SessionState, since_ms: int, model: str) -> StageRecord:
+    """The correlated-quiet stage's record of a session that went quiet at `since_ms` (its newest event's
+    time, which is also the record's event time), keyed by its tenant and the model it last called."""
+    return StageRecord(
+        CORRELATED_QUIET,
+        f"{state.tenant_id}/{model}",
+        f"quiet:{state.session_id}:{since_ms}",
+        state.session_id,
+        state.tenant_id,
+        state.user_id,
+        "",
+        -1,
+        since_ms,
+        "timer",
+        {"model": model},
+    )
 
 
 class KeyedDetector(Protocol):
@@ -604,3 +624,100 @@ class MemoryNamespace(_Ownership):
             f"belongs to {owner.tenant_id}/{owner.user_id} (first written in session {owner.session_id})"
         )
         return self._leak_verdict(owner, reader, reason, memory_key=reader.key, access=access)
+
+
+# Sessions a correlated-quiet key keeps, at most: enough to find `min_sessions` among; an incident already
+# open takes any number more, one record at a time.
+_QUIET_KEPT: Final = 256
+
+
+class CorrelatedQuiet:
+    """Many sessions of one tenant (calling one model, where known) going quiet within `window_ms` of each
+    other: a provider hang or an outage upstream, not as many stalls. From `min_sessions` of them on it is
+    one incident, paged once (the verdict that opens it carries `opened`), and every session in it, those
+    that join it later too, gets a hold verdict: its stall kill waits until `hold_ms` after its silence
+    began. An incident takes sessions that go quiet within `window_ms` of the ones already in it."""
+
+    stage = CORRELATED_QUIET
+
+    def __init__(
+        self,
+        *,
+        name: str = CORRELATED_QUIET,
+        min_sessions: int = 5,
+        window_ms: int = 120_000,
+        hold_ms: int = 3_600_000,
+    ) -> None:
+        _positive(min_sessions=min_sessions, window_ms=window_ms, hold_ms=hold_ms)
+        self.name = name
+        self.min_sessions = min_sessions
+        self.window_ms = window_ms
+        self.hold_ms = hold_ms
+
+    def expired(self, state: dict[str, Any], now_ms: int) -> bool:
+        # An incident's generation is kept while a hold it gave may still run, so its alert id stays unique.
+        return now_ms - touched_ms(state) > max(2 * self.window_ms, self.hold_ms)
+
+    def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        since, window = record.event_time_ms, self.window_ms
+        newest = max(int(state.get("newest", since)), since)
+        state["newest"] = newest
+        # [session, silence began, user]: the quiet sessions of the last two windows.
+        quiet: list[list[Any]] = [
+            entry
+            for entry in state.get("quiet", [])
+            if entry[1] > newest - 2 * window and entry[0] != record.session_id
+        ]
+        quiet.append([record.session_id, since, record.user_id])
+        del quiet[:-_QUIET_KEPT]
+        state["quiet"] = quiet
+        # [first silence, last silence, sessions, generation] of the incident open or last opened.
+        incident: list[int] | None = state.get("incident")
+        if incident is not None and incident[0] - window <= since <= incident[1] + window:
+            incident[0], incident[1] = min(incident[0], since), max(incident[1], since)
+            incident[2] += 1
+            return [self._hold(record, [record.session_id, since, record.user_id], incident, opened=False)]
+        together = [entry for entry in quiet if abs(entry[1] - since) <= window]
+        if len(together) < self.min_sessions:
+            return []
+        generation = incident[3] + 1 if incident is not None else 1
+        incident = [min(e[1] for e in together), max(e[1] for e in together), len(together), generation]
+        state["incident"] = incident
+        return [self._hold(record, entry, incident, opened=at == 0) for at, entry in enumerate(together)]
+
+    def _hold(self, record: StageRecord, entry: list[Any], incident: list[int], *, opened: bool) -> Verdict:
+        session_id, since, user_id = entry
+        model = str(record.values.get("model", ""))
+        scope = f"tenant {record.tenant_id}" + (f", model {model}," if model else "")
+        sessions = incident[2]
+        spread = (incident[1] - incident[0]) / 1000
+        return Verdict(
+            detector=self.name,
+            failure_class=FailureClass.MULTI_AGENT_DEADLOCK,
+            session_id=session_id,
+            reason=(
+                f"{sessions} sessions of {scope} went quiet within {spread:g} s of each other: one incident "
+                f"upstream (a provider hang?), not {sessions} stalls; their stall kills are held until "
+                f"{self.hold_ms / 1000:g} s after each went quiet"
+            ),
+            observed=sessions,
+            threshold=self.min_sessions,
+            event_id="",
+            seq=-1,
+            event_time_ms=since,
+            evidence={
+                "stage_key": record.key,
+                "model": model,
+                "opened": opened,
+                "sessions": sessions,
+                "generation": incident[3],
+                "quiet_since_ms": since,
+                "first_quiet_ms": incident[0],
+                "hold_until_ms": since + self.hold_ms,
+                "quiet_user_id": user_id,
+                "window_ms": self.window_ms,
+            },
+            window_start_ms=incident[0],
+            window_end_ms=incident[1],
+            advisory=True,
+        )

@@ -21,6 +21,7 @@ from detectors._errors import ErrorBurst, ErrorPropagation
 from detectors._keyed import (
     AgentRollingBudget,
     ContentOwnership,
+    CorrelatedQuiet,
     KeyedDetector,
     KeyedPolicy,
     KeyedSet,
@@ -153,6 +154,16 @@ class StallSettings(_Section):
     max_call_s: _Seconds = 3600.0
 
 
+class CorrelatedQuietSettings(_Section):
+    # This many sessions of one tenant (and model, where known) going quiet within `window_s` of each other
+    # are one incident (a provider hang), paged once. In enforce mode each one's stall kill waits up to
+    # `window_s` (never more than stall.quiet_s) for the others, and is then held until `hold_s` after the
+    # session went quiet; warn pages the incident and holds nothing.
+    min_sessions: Annotated[int, Field(ge=2)] = 5
+    window_s: _Seconds = 120.0
+    hold_s: _Seconds = 3600.0
+
+
 class DeadlockSettings(_Section):
     pass
 
@@ -256,6 +267,7 @@ class DetectorSettings(BaseModel):
     burn_rate: BurnRateSettings = BurnRateSettings()
     session_deadline: SessionDeadlineSettings = SessionDeadlineSettings()
     stall: StallSettings = StallSettings()
+    correlated_quiet: CorrelatedQuietSettings = CorrelatedQuietSettings()
     deadlock: DeadlockSettings = DeadlockSettings()
     error_burst: ErrorBurstSettings = ErrorBurstSettings()
     error_propagation: ErrorPropagationSettings = ErrorPropagationSettings()
@@ -373,7 +385,16 @@ def session_detectors(s: DetectorSettings) -> DetectorSet:
             ),
         )
     arm(s.session_deadline, SessionDeadline(max_duration_ms=_ms(s.session_deadline.max_duration_s)))
-    arm(s.stall, Stall(quiet_ms=_ms(s.stall.quiet_s), max_call_ms=_ms(s.stall.max_call_s)))
+    cq = s.correlated_quiet
+    arm(
+        s.stall,
+        Stall(
+            quiet_ms=_ms(s.stall.quiet_s),
+            max_call_ms=_ms(s.stall.max_call_s),
+            settle_ms=_ms(min(cq.window_s, s.stall.quiet_s)) if cq.enabled and cq.mode == "enforce" else 0,
+            report=cq.enabled,
+        ),
+    )
     arm(s.deadlock, Deadlock())
     e = s.error_burst
     arm(e, ErrorBurst(count=e.count, window_ms=_ms(e.window_s), ratio=e.ratio, min_calls=e.min_calls))
@@ -411,6 +432,10 @@ def keyed_detectors(s: DetectorSettings) -> KeyedSet:
             window_ms=_ms(c.window_s), min_calls=c.min_calls, error_ratio=c.error_ratio, open_ms=_ms(c.open_s)
         )
         armed.append(Armed(circuit, c.mode))
+    q = s.correlated_quiet
+    if q.enabled and s.stall.enabled:
+        quiet = CorrelatedQuiet(min_sessions=q.min_sessions, window_ms=_ms(q.window_s), hold_ms=_ms(q.hold_s))
+        armed.append(Armed(quiet, q.mode))
     if s.memory_leak.enabled:
         armed.append(Armed(ContentOwnership(ttl_ms=_ms(s.memory_leak.owner_ttl_s)), s.memory_leak.mode))
     n = s.memory_namespace_leak

@@ -5,13 +5,19 @@ once the silence passes `quiet_ms`. `Deadlock` keeps the session's wait-for grap
 `agent.waiting` events) and fires on the wait that closes a cycle, which no agent in it can ever leave. A
 heartbeat is the one event that does not end an agent's wait: a blocked agent may keep saying it is alive,
 and that is exactly the deadlock that a quiet-session timer cannot see.
+
+A stall can also be one of many: when a model provider hangs, every session waiting on it goes quiet in
+the same minute. With `settle_ms` set, a session that passes `quiet_ms` is first reported to the
+correlated-quiet stage (`quiet_signal`), and its kill waits `settle_ms` for the others. When the stage
+finds enough sessions of its tenant (and model) quiet together it pages once and holds each one
+(`hold_quiet`): its stall kill waits until the hold ends, and any event of the session lifts it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from agents_contract import AgentEvent, AgentWaiting, Heartbeat
+from agents_contract import AgentEvent, AgentWaiting, Heartbeat, TurnStarted
 from detectors._errors import compact_id
 from detectors._state import SessionState
 from detectors._suite import Detector, verdict
@@ -35,24 +41,45 @@ class Stall:
     whose agent has been inside one guarded call for more than `max_call_ms` (its SDK's heartbeats say so:
     a long call is not silence, but a call that never ends is a stall too)."""
 
-    kinds = frozenset({"heartbeat"})
+    kinds = frozenset({"heartbeat", "turn.started"})
 
-    def __init__(self, *, name: str = "stall", quiet_ms: int = 300_000, max_call_ms: int = 1_800_000) -> None:
-        if quiet_ms <= 0 or max_call_ms <= 0:
-            raise ValueError(f"quiet_ms and max_call_ms must be positive, got {quiet_ms!r}, {max_call_ms!r}")
+    def __init__(
+        self,
+        *,
+        name: str = "stall",
+        quiet_ms: int = 300_000,
+        max_call_ms: int = 1_800_000,
+        settle_ms: int = 0,
+        report: bool = False,
+    ) -> None:
+        if quiet_ms <= 0 or max_call_ms <= 0 or settle_ms < 0:
+            raise ValueError(
+                f"quiet_ms and max_call_ms must be positive and settle_ms not negative, got {quiet_ms!r}, "
+                f"{max_call_ms!r}, {settle_ms!r}"
+            )
         self.name = name
         self.quiet_ms = quiet_ms
         self.max_call_ms = max_call_ms
+        self.settle_ms = settle_ms
+        # Silences are noted for the correlated-quiet stage when it holds kills (settle_ms) or only pages.
+        self.report = report or settle_ms > 0
+        self._quiet = quiet_slot(name)
+        self._model = f"{name}.model"
 
     def observe(self, state: SessionState, event: AgentEvent, now_ms: int) -> Verdict | None:
-        if isinstance(event, Heartbeat):
-            if event.in_call_since_ms is None:
-                state.slots.pop(self.name, None)
-            else:
-                # [in the call since, heartbeat time], both since the origin: the session is in the call
-                # for as long as this heartbeat is its newest event.
-                origin = state.origin_ms
-                state.slots[self.name] = [event.in_call_since_ms - origin, event.event_time_ms - origin]
+        if isinstance(event, TurnStarted):
+            # The model the session last called: sessions that hang on one provider's model go quiet together.
+            if self.report and state.slots.get(self._model) != event.model:
+                state.slots[self._model] = event.model
+        elif not isinstance(event, Heartbeat):
+            return None
+        elif event.in_call_since_ms is None:
+            state.slots.pop(self.name, None)
+        else:
+            # [in the call since, heartbeat time], both since the origin: the session is in the call
+            # for as long as this heartbeat is its newest event.
+            origin = state.origin_ms
+            state.slots[self.name] = [event.in_call_since_ms - origin, event.event_time_ms - origin]
         return None
 
     def expire(self, state: SessionState, now_ms: int) -> Verdict | None:
@@ -84,6 +111,20 @@ class Stall:
         quiet = now_ms - last_ms
         if quiet <= self.quiet_ms:
             return None
+        held_ms = 0
+        if self.report:
+            since = last_ms - state.origin_ms
+            mark: list[int] | None = state.slots.get(self._quiet)
+            if mark is None or mark[0] != since:
+                # A new silence: the worker reports it to the correlated-quiet stage (`quiet_signal`).
+                mark = state.slots[self._quiet] = [since, _NOTICED, 0]
+            if mark[1] == _HELD:
+                until = mark[2] + state.origin_ms
+                if now_ms < until:
+                    return None
+                held_ms = until - last_ms - self.quiet_ms
+            elif quiet <= self.quiet_ms + self.settle_ms:
+                return None
         return verdict(
             self.name,
             FailureClass.MULTI_AGENT_DEADLOCK,
@@ -92,6 +133,11 @@ class Stall:
             reason=(
                 f"session has been quiet for {duration(quiet)} without ending; "
                 f"the limit is {duration(self.quiet_ms)}"
+                + (
+                    f" (its kill was held {duration(held_ms)} as one of many sessions gone quiet)"
+                    if held_ms
+                    else ""
+                )
             ),
             observed=quiet,
             threshold=self.quiet_ms,
@@ -99,7 +145,42 @@ class Stall:
             quiet_ms=quiet,
             last_event_ms=state.last_event_ms,
             events=state.events,
+            held_ms=held_ms,
         )
+
+
+# What a silence's mark says: noticed (not yet reported), reported to the correlated-quiet stage, or held.
+_NOTICED: Final = 0
+_REPORTED: Final = 1
+_HELD: Final = 2
+
+
+def quiet_slot(name: str = "stall") -> str:
+    """The slot where a `Stall` called `name` keeps the session's current silence:
+    [since (relative to the origin), _NOTICED | _REPORTED | _HELD, held until (relative)]."""
+    return f"{name}.quiet"
+
+
+def quiet_signal(state: SessionState, name: str = "stall") -> tuple[int, str] | None:
+    """(silence began at, model or "") once for each silence `Stall` noticed, for the worker to report to
+    the correlated-quiet stage; None when there is nothing new to report."""
+    mark: list[int] | None = state.slots.get(quiet_slot(name))
+    if mark is None or mark[1] != _NOTICED:
+        return None
+    mark[1] = _REPORTED
+    model = state.slots.get(f"{name}.model")
+    return mark[0] + state.origin_ms, model if isinstance(model, str) else ""
+
+
+def hold_quiet(state: SessionState, since_ms: int, until_ms: int, name: str = "stall") -> bool:
+    """Hold the session's stall kill until `until_ms` if it is still in the silence that began at
+    `since_ms` (an event since then has ended that silence, and the hold with it). True when held."""
+    mark: list[int] | None = state.slots.get(quiet_slot(name))
+    origin = state.origin_ms
+    if mark is None or mark[0] + origin != since_ms or state.killed_by is not None:
+        return False
+    mark[1], mark[2] = _HELD, max(mark[2] if mark[1] == _HELD else 0, until_ms - origin)
+    return True
 
 
 class Deadlock:

@@ -19,8 +19,9 @@ class Alert(BaseModel):
     failure_class: str
     detector: str
     # What Tripwire did: `killed` (enforce), `warned`, `observed` (shadow), `escalated` (a kill that no
-    # agent acknowledged in time), or `tripped` (a fleet-wide tool circuit opened, or closed again).
-    action: Literal["killed", "warned", "observed", "escalated", "tripped"]
+    # agent acknowledged in time), `tripped` (a fleet-wide tool circuit opened, or closed again), or `held`
+    # (many sessions of a tenant went quiet together: one incident, their stall kills held).
+    action: Literal["killed", "warned", "observed", "escalated", "tripped", "held"]
     session_id: str
     tenant_id: str
     user_id: str
@@ -43,6 +44,10 @@ class Alert(BaseModel):
             tool = self.evidence.get("tool", "?")
             head = f"[tripwire] tool {tool} circuit {self.evidence.get('circuit', 'open')}: {self.detector}"
             return f"{head} (resolved)" if self.status == "resolved" else head
+        if self.action == "held":
+            sessions = self.evidence.get("sessions", "?")
+            head = f"[tripwire] {sessions} sessions of tenant {self.tenant_id} went quiet together"
+            return f"{head}: {self.detector}"
         verb = {"killed": "killed", "warned": "warning on", "observed": "observed", "escalated": "ESCALATED"}
         head = f"[tripwire] {verb[self.action]} session {self.session_id}: {self.detector}"
         return f"{head} (resolved)" if self.status == "resolved" else head

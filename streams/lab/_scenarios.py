@@ -34,6 +34,7 @@ from agents_contract import (
     ToolCalled,
     ToolReturned,
     TurnCompleted,
+    TurnStarted,
     canonical_digest,
     encode_event,
     fingerprints,
@@ -183,6 +184,10 @@ class _Session:
             2.0,
         )
 
+    def model_call(self, model: str, *, agent: str = "agent", at: float | None = None) -> None:
+        """A model call starting (its turn.completed comes later, or never)."""
+        self._add(TurnStarted(**self._env(agent, at), model=model), 0.5)
+
     def message(self, sender: str, receiver: str, content: object, *, at: float | None = None) -> None:
         self._add(
             MessageSent(
@@ -236,10 +241,12 @@ class _Library:
         self.tenant = f"{prefix}-acme"
         self.scenarios: list[Scenario] = []
 
-    def scenario(self, name: str, detector: str | None, **overrides: Any) -> Scenario:
-        scenario = Scenario(
-            f"{'healthy' if detector is None else 'runaway'}-{name}", detector, overrides=overrides
-        )
+    def scenario(
+        self, name: str, detector: str | None, *, healthy: bool = False, **overrides: Any
+    ) -> Scenario:
+        """A runaway tripping `detector`, or a healthy run (no detector, or one whose verdict is no kill)."""
+        kind = "healthy" if detector is None or healthy else "runaway"
+        scenario = Scenario(f"{kind}-{name}", detector, overrides=overrides)
         self.scenarios.append(scenario)
         return scenario
 
@@ -412,6 +419,21 @@ def _healthy_real(lib: _Library, rng: random.Random) -> None:
         s.turn(at=start)
         for minute in range(1, 41):
             s.heartbeat(at=start + minute * 60.0, in_call_since=start + 1.0)
+        s.turn(at=start + 2_410.0)
+        s.end()
+
+    # 2b. The same hang seen by agents that send nothing from inside a call (an older SDK, a framework
+    # bridged from its traces): each session is silent past the stall limit, all of them in one minute. The
+    # correlated-quiet stage pages it once and holds every stall kill; the sessions answer 40 minutes on.
+    scenario = lib.scenario("provider-hang-without-heartbeats", "correlated_quiet", healthy=True)
+    sessions = rng.randint(5, 9)
+    scenario.killed = ()
+    scenario.spared = tuple(f"-{n}" for n in range(sessions))
+    for n in range(sessions):
+        s = lib.session(scenario, f"-{n}", tenant=f"{lib.prefix}-hung", user=f"u{n}")
+        start = rng.uniform(0.0, 55.0)
+        s.turn(at=start)
+        s.model_call("provider-x-large", at=start + 1.0)
         s.turn(at=start + 2_410.0)
         s.end()
 

@@ -144,6 +144,7 @@ def render_markdown(incident: Incident, timeline: list[AgentEvent], *, rows: int
             "killed": "fenced the session in Redis and sent a signed kill",
             "escalated": "escalated",
             "tripped": "sent every agent a signed tool-scope command",
+            "held": "paged once and held the stall kill of every session that went quiet with it",
         }
         verb = what.get(alert.action, alert.action)
         state = " (resolved)" if alert.status == "resolved" else ""

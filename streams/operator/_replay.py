@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from agents_contract import CommandSigner
 from detectors import (
+    CORRELATED_QUIET,
     DetectorSettings,
     SessionState,
     Verdict,
@@ -91,10 +92,13 @@ class Replay:
         self.now_ms = now_ms
         if now_ms - self._ticked_ms >= _TICK_MS:
             self._ticked_ms = now_ms
-            self._record(self.pipeline.expire(list(self.states.values()), now_ms))
+            self._staged(self.pipeline.expire(list(self.states.values()), now_ms))
 
     def _judge(self, records: list[RawRecord]) -> None:
-        result = self.pipeline.judge(records, self.states.get)
+        self._staged(self.pipeline.judge(records, self.states.get))
+
+    def _staged(self, result: BatchResult) -> None:
+        """Record a result and judge its keyed-stage records, whose verdicts come back to the sessions."""
         self._record(result)
         if result.stage_records:
             raw = [RawRecord(key, value, 0, 0) for key, value in pack_stage_records(result.stage_records)]
@@ -123,6 +127,8 @@ class Replay:
 def _action(verdict: Verdict, *, tool: bool = False) -> str:
     if verdict.mode == "shadow":
         return "observed"
+    if verdict.detector == CORRELATED_QUIET:
+        return "held"  # one of many sessions gone quiet together: its stall kill waits
     if verdict.kills:
         return "circuit" if tool else "killed"
     return "warned"

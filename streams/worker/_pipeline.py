@@ -40,6 +40,7 @@ from agents_contract import (
     parse_event,
 )
 from detectors import (
+    CORRELATED_QUIET,
     STAGES,
     Clock,
     DetectorSettings,
@@ -49,7 +50,10 @@ from detectors import (
     StageRecord,
     Verdict,
     build_suite,
+    hold_quiet,
     keyed_detectors,
+    quiet_record,
+    quiet_signal,
     stage_records,
 )
 from sinks import Alert
@@ -399,6 +403,11 @@ class Pipeline:
                 result.dirty[state.session_id] = (state, state.partition)
                 for verdict in verdicts:
                     self._act(verdict, state, "", result)
+            elif (quiet := quiet_signal(state)) is not None:
+                # A silence the stall detector noticed goes to the correlated-quiet stage, which tells
+                # whether it is one of many (its kill then held) before the stall kill is due.
+                result.dirty[state.session_id] = (state, state.partition)
+                result.stage_records.append(quiet_record(state, *quiet))
         return result
 
     def _stage_verdict(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
@@ -435,6 +444,9 @@ class Pipeline:
         sid = verdict.session_id
         entry = result.dirty.get(sid)
         state = entry[0] if entry is not None else lookup(sid)
+        if verdict.detector == CORRELATED_QUIET:
+            self._hold(verdict, state, record, result)
+            return
         if state is None:
             # The stage saw the session's event, so its state exists unless it expired since: judge anyway.
             state = SessionState(sid, tenant_id=tenant_id, user_id=user_id, partition=record.partition)
@@ -442,6 +454,26 @@ class Pipeline:
             return
         result.dirty[sid] = (state, record.partition)
         self._act(verdict, state, agent_id, result)
+
+    def _hold(
+        self, verdict: Verdict, state: SessionState | None, record: RawRecord, result: BatchResult
+    ) -> None:
+        """A correlated-quiet incident holds this session's stall kill (the incident was paged once, by the
+        stage); a session that spoke again since, or is gone, has nothing to hold."""
+        if verdict.mode != "enforce" or state is None:
+            return
+        evidence = verdict.evidence
+        since, until = evidence.get("quiet_since_ms"), evidence.get("hold_until_ms")
+        if type(since) is not int or type(until) is not int:
+            result.dead_letters.append(
+                DeadLetter(
+                    record, "correlated_quiet verdict without its silence's times", "bad_stage_verdict"
+                )
+            )
+            return
+        if hold_quiet(state, since, until):
+            result.dirty[state.session_id] = (state, record.partition)
+            result.verdicts.append(verdict)
 
     def _act(self, verdict: Verdict, state: SessionState, agent_id: str, result: BatchResult) -> None:
         """Do what the verdict's mode says: kill and alert, alert, or only count it."""

@@ -27,6 +27,7 @@ from agents_contract import (
     clip_id,
 )
 from detectors import (
+    CORRELATED_QUIET,
     Clock,
     DetectorSettings,
     KeyedPolicy,
@@ -163,10 +164,42 @@ class StageJudge:
         if verdict.evidence.get("scope") == "tool":
             self._circuit(verdict, record, result)
             return
-        value = encode_verdict(
-            verdict, tenant_id=record.tenant_id, user_id=record.user_id, agent_id=record.agent_id
-        )
+        user_id = record.user_id
+        if record.stage == CORRELATED_QUIET:
+            if verdict.evidence.get("opened") and verdict.mode != "shadow":
+                result.alerts.append(self._quiet_incident(verdict, record))
+            if verdict.mode != "enforce":
+                return  # paged, nothing held
+            user_id = str(verdict.evidence.get("quiet_user_id", user_id))
+        value = encode_verdict(verdict, tenant_id=record.tenant_id, user_id=user_id, agent_id=record.agent_id)
         result.verdicts.append((verdict.session_id.encode(), value))
+
+    def _quiet_incident(self, verdict: Verdict, record: StageRecord) -> Alert:
+        """The one page for many sessions gone quiet together (the sessions' own kills are held)."""
+        digest = hashlib.sha256(
+            f"{record.key}\x00{verdict.evidence.get('generation', 1)}".encode()
+        ).hexdigest()
+        enforce = verdict.mode == "enforce"
+        return Alert(
+            alert_id=f"quiet-{digest[:32]}",
+            severity="critical",
+            failure_class=verdict.failure_class.value,
+            detector=verdict.detector,
+            action="held" if enforce else "warned",
+            session_id=verdict.session_id,
+            tenant_id=record.tenant_id,
+            user_id=str(verdict.evidence.get("quiet_user_id", record.user_id)),
+            agent_id="",
+            reason=clip(verdict.reason, MAX_REASON)
+            if enforce
+            else clip(verdict.reason.split("; their stall kills")[0], MAX_REASON),
+            observed=verdict.observed,
+            threshold=verdict.threshold,
+            event_id=verdict.event_id,
+            event_time_ms=verdict.event_time_ms,
+            detected_at_ms=self._clock(),
+            evidence=bounded_evidence({**verdict.evidence, "mode": verdict.mode}),
+        )
 
     def _circuit(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:
         tool = str(verdict.evidence.get("tool", record.key))

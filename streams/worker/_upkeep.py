@@ -205,7 +205,7 @@ class Upkeep:
         else:
             self._sweep = None
         result = judge.pipeline.expire(states, now)
-        if result.verdicts:
+        if result.verdicts or result.stage_records:
             await judge.act(result)
             judge.adopt(result)
         if gone:

@@ -59,10 +59,12 @@ class JudgingPath:
 
     def tick(self, advance_ms: int = 1_000) -> None:
         self.clock.now_ms += advance_ms
-        self._record(self.pipeline.expire(list(self.states.values()), self.clock.now_ms))
+        self._staged(self.pipeline.expire(list(self.states.values()), self.clock.now_ms))
 
     def _judge(self, records: list[RawRecord]) -> None:
-        result = self.pipeline.judge(records, self.states.get)
+        self._staged(self.pipeline.judge(records, self.states.get))
+
+    def _staged(self, result: BatchResult) -> None:
         self._record(result)
         if not result.stage_records:
             return

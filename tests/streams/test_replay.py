@@ -21,8 +21,9 @@ from streams.operator._cli import main
 from streams.operator._replay import ReplayReport, replay_lines
 
 KEY = "0123456789abcdef0123456789abcdef"
-# Long enough past the last event for a quiet session to meet the stall timer (300 s by default).
-HORIZON_S = 400
+# Long enough past the last event for a quiet session to meet the stall timer (300 s by default) and the
+# wait for other sessions gone quiet with it (120 s).
+HORIZON_S = 500
 
 
 def recording(prefix: str = "t") -> tuple[list[bytes], DetectorSettings, list[Scenario]]:
@@ -35,11 +36,16 @@ def test_every_runaway_scenario_trips_its_detector_and_no_healthy_session_trips_
     lines, settings, library = recording()
     report = replay_lines(lines, settings, horizon_ms=HORIZON_S * 1000)
     fired: dict[str, list[str]] = {}
-    for verdict, _ in report.verdicts:
+    killed = set()
+    for verdict, action in report.verdicts:
         fired.setdefault(verdict.session_id, []).append(verdict.detector)
+        if action == "killed":
+            killed.add(verdict.session_id)
     assert report.dead_letters == []
     covered = set()
     for scenario in library:
+        spared = {sid for sid, label in scenario.labels().items() if label == "none"}
+        assert not spared & killed, f"{scenario.name} killed {sorted(spared & killed)}"
         got = [d for sid in scenario.sessions for d in fired.get(sid, [])]
         if scenario.detector is None:
             assert got == [], f"{scenario.name} is healthy but tripped {got}"
@@ -61,9 +67,13 @@ def test_every_variant_of_the_real_run_patterns_is_judged_as_its_scenario_says(v
     lines = [encode_event(e) for e in in_time_order(library)]
     report = replay_lines(lines, settings_, horizon_ms=HORIZON_S * 1000)
     fired: dict[str, list[str]] = {}
+    killed = {verdict.session_id for verdict, action in report.verdicts if action == "killed"}
     for verdict, _ in report.verdicts:
         fired.setdefault(verdict.session_id, []).append(verdict.detector)
     for scenario in library:
+        labels = scenario.labels()
+        wrong = sorted(sid for sid, label in labels.items() if (label == "kill") != (sid in killed))
+        assert not wrong, f"variant {variant}: {scenario.name} judged wrongly: {wrong}"
         got = [d for sid in scenario.sessions for d in fired.get(sid, [])]
         if scenario.detector is None:
             assert got == [], f"variant {variant}: {scenario.name} is healthy but tripped {got}"
