@@ -9,10 +9,12 @@ import contextlib
 import uuid
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 
 from agents_contract import AgentGuard, Fence, SessionKilled, ToolCircuitOpen
+from streams import TopicReader
 from streams.lab._stack import LocalStack, budget_only
 from tests.conftest import Broker
 from tests.streams.test_metrics import scrape, value, wait_for
@@ -115,3 +117,66 @@ async def test_a_tool_failing_across_sessions_is_switched_off_in_every_agent(
                     await session.call_tool(tool, {"n": 100}, payments, 100)
         samples = await scrape(stack)
         assert value(samples, "tripwire_tool_circuit_commands_total", circuit="open") == 1
+
+
+async def test_sessions_hung_on_one_model_are_paged_once_and_none_is_killed(
+    broker: Broker, redis_url: str
+) -> None:
+    # Agents that send nothing while a model call hangs (no in-call heartbeats): three of one tenant on one
+    # model go quiet together; one of another tenant goes quiet on its own at the same time.
+    detectors = budget_only(max_steps=1000)
+    detectors["stall"] = {"quiet_s": 2}
+    detectors["correlated_quiet"] = {"min_sessions": 3, "window_s": 3, "hold_s": 600}
+    async with LocalStack(
+        **broker.stack_options(redis_url),
+        detectors=detectors,
+        worker={"timer_interval_s": 0.2},
+        private_topics=True,
+    ) as stack:
+        tag = uuid.uuid4().hex[:6]
+        hung = [f"hung-{n}-{tag}" for n in range(3)]
+        alone = f"alone-{tag}"
+        async with stack.guard(call_heartbeat_s=0) as guard, contextlib.AsyncExitStack() as sessions:
+            calls = []
+            for sid, tenant in [*((sid, "acme") for sid in hung), (alone, "globex")]:
+                session = await sessions.enter_async_context(
+                    guard.session(sid, agent_id="a1", tenant_id=tenant, user_id=f"u-{sid}")
+                )
+                calls.append(await session.model_started("provider-x-large"))
+            async with TopicReader(
+                stack.bootstrap, stack.topics["alerts"], security=stack.security
+            ) as alerts:
+                seen: list[dict[str, Any]] = []
+
+                async def paged(action: str, count: int) -> bool:
+                    seen.extend(orjson.loads(v or b"") for _, v, _ in await alerts.read())
+                    return sum(a["action"] == action for a in seen) >= count
+
+                await wait_for("the lone session's stall kill", lambda: paged("killed", 1))
+                await wait_for("the incident's one page", lambda: paged("held", 1))
+
+                async def all_held() -> bool:
+                    samples = await scrape(stack)
+                    held = {"detector": "correlated_quiet", "failure_class": "multi_agent_deadlock"}
+                    return value(samples, "tripwire_verdicts_total", **held, mode="enforce") == 3
+
+                # Every hung session held: none of them can be killed before hold_s (600 s) has passed.
+                await wait_for("every hung session held", all_held)
+                await paged("held", 1)
+            for call in calls[:3]:
+                call.completed(input_tokens=10, output_tokens=5)
+        await stack.drain()
+        assert sorted((a["action"], a["detector"]) for a in seen) == [
+            ("held", "correlated_quiet"),
+            ("killed", "stall"),
+        ]
+        page = next(a for a in seen if a["action"] == "held")
+        (kill,) = (a for a in seen if a["action"] == "killed")
+        assert kill["session_id"] == alone
+        assert (page["tenant_id"], page["evidence"]["model"]) == ("acme", "provider-x-large")
+        fence = Fence(stack.redis_url)
+        try:
+            for sid in hung:
+                assert await fence.lookup(sid) is None
+        finally:
+            await fence.close()
