@@ -19,6 +19,7 @@ from agents_contract import (
     SessionKilled,
     SyncAgentGuard,
     parse_event,
+    similarity,
 )
 from agents_contract._gate import LIMITS_PREFIX
 from streams import TopicReader
@@ -153,6 +154,58 @@ async def test_reported_calls_carry_the_guarded_calls_digests_and_a_team_agent_i
     assert called[0]["args_digest"] == called[1]["args_digest"] != called[2]["args_digest"]
     turn = next(e for e in events if e["kind"] == "turn.completed")
     assert (turn["agent_id"], turn["gen_ai.usage.input_tokens"], turn["cost_usd"]) == ("writer", 100, 0.01)
+
+
+async def test_calls_and_messages_carry_sketches_not_text_and_a_long_call_beats_from_inside(
+    stack: LocalStack,
+) -> None:
+    first, reworded = "cheapest flights lisbon to porto in may", "lisbon porto flight cheap may dates"
+    async with TopicReader(stack.bootstrap, stack.topics["events"], security=stack.security) as reader:
+        seen: list[dict[str, Any]] = []
+
+        async def beats_from_inside() -> bool:
+            seen.extend(orjson.loads(v or b"") for _, v, _ in await reader.read())
+            return sum(e["kind"] == "heartbeat" and "in_call_since_ms" in e for e in seen) >= 2
+
+        async def slow_export() -> str:
+            # The call lasts until its heartbeats are on the topic: a long call is not silence.
+            await wait_for("heartbeats from inside the call", beats_from_inside)
+            return "done"
+
+        async with (
+            stack.guard(call_heartbeat_s=0.2) as guard,
+            guard.session("s-sketch", agent_id="a1", tenant_id="t", user_id="u") as session,
+        ):
+            await session.message_received("find me a cheap flight to porto")
+            await session.call_tool("search", {"q": first}, _echo, 1)
+            await session.call_tool("search", {"q": reworded}, _echo, 2)
+            started = int(time.time() * 1000)
+            assert await session.call_tool("export", {"range": "2025"}, slow_export) == "done"
+            await session.send_message("writer", "draft the answer")
+    events = await events_of(stack, lambda got: any(e["kind"] == "session.ended" for e in got))
+    raw = orjson.dumps(events)
+    assert b"lisbon" not in raw
+    assert b"porto" not in raw  # raw text never leaves the process: digests and sketches only
+    searches = [e for e in events if e["kind"] == "tool.called" and e["gen_ai.tool.name"] == "search"]
+    assert similarity(searches[0]["args_sketch"], searches[1]["args_sketch"]) >= 0.3
+    assert searches[0]["args_digest"] != searches[1]["args_digest"]
+    heard, told = (e for e in events if e["kind"] == "message.sent")
+    assert (heard["agent_id"], heard["to_agent_id"]) == ("user", "a1")
+    assert (told["agent_id"], told["to_agent_id"]) == ("a1", "writer")
+    assert heard["content_sketch"]
+    assert told["content_sketch"]
+    beats = [e for e in events if e["kind"] == "heartbeat" and "in_call_since_ms" in e]
+    assert len({e["in_call_since_ms"] for e in beats}) == 1
+    assert beats[0]["in_call_since_ms"] >= started - 1_000
+    # Once the call is over, no heartbeat claims to be inside one.
+    returned = max(i for i, e in enumerate(events) if e["kind"] == "tool.returned")
+    assert all(
+        i < returned for i, e in enumerate(events) if e["kind"] == "heartbeat" and "in_call_since_ms" in e
+    )
+
+
+async def _echo(n: int) -> int:
+    return n
 
 
 async def _limits_published(redis_url: str, field: str, value: str) -> None:
