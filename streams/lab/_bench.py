@@ -6,7 +6,10 @@ clock stops when a sentinel session at the end of every partition is killed, whi
 before it on that partition was judged. Three rounds, median reported with the spread, because a 2-core
 machine is noisy.
 
-Detectors alone: the scenario library (20 copies) through `tripwire replay`'s code, no broker, timed.
+Detectors alone: the scenario library (20 copies) through `tripwire replay`'s code, no broker, timed; and
+the cost of the detectors that recognise loops that never repeat exactly (similar_calls, no_new_information,
+correlated_quiet), off and on in alternating rounds of one run, per event, over the library and over the
+throughput traffic.
 
 Kill latency: while a background producer sends healthy events at a fixed rate, probe agents (real SDK
 sessions) publish one breaching turn each; the SDK times the breaching event's send to the kill's arrival.
@@ -40,6 +43,7 @@ from agents_contract import (
     encode_event,
     parse_command,
     parse_event,
+    sketch,
 )
 from detectors import DetectorSettings, DetectorSuite, SessionState, build_policy, wall_clock
 from streams._kafka import RecordProducer, TopicReader, TopicSpec, ensure_topics
@@ -58,6 +62,16 @@ BENCH_DETECTORS: dict[str, Any] = {
     "agent_budget": {"max_cost_usd": 10**9},
 }
 _ROUNDS = 3
+# The detectors issue 14 added, switched off for the "before" side of their cost.
+NEW_DETECTORS_OFF: dict[str, Any] = {
+    name: {"enabled": False} for name in ("similar_calls", "no_new_information", "correlated_quiet")
+}
+# Search queries as the SDK sketches them: the bench's tool calls carry one each, as real calls do.
+_QUERY_WORDS = [f"w{n}" for n in range(400)]
+_SKETCHES = [
+    sketch(" ".join(random.Random(n).choices(_QUERY_WORDS, k=random.Random(n).randint(3, 9))))
+    for n in range(256)
+]
 # Events are stamped around the bench's start: agents' clocks are the wall clock, and a session stamped
 # hours ago would be past its deadline.
 _T0 = wall_clock()
@@ -96,7 +110,13 @@ def _session_events(session_id: str, seq0: int, count: int, *, step_ms: int = 1)
                     output_digest=f"out-{seq}",
                 )
             case 2:
-                event = ToolCalled(**common, tool_name="search", call_id=f"c{seq}", args_digest=f"args-{seq}")
+                event = ToolCalled(
+                    **common,
+                    tool_name="search",
+                    call_id=f"c{seq}",
+                    args_digest=f"args-{seq}",
+                    args_sketch=_SKETCHES[seq % len(_SKETCHES)],
+                )
             case _:
                 event = ToolReturned(
                     **common,
@@ -330,6 +350,51 @@ def _library_rate(copies: int = 20) -> tuple[float, int]:
     return len(lines) / (time.perf_counter() - started), len(report.verdicts)
 
 
+def _new_detector_cost(rounds: int = 5, copies: int = 10) -> dict[str, Any]:
+    """Microseconds per event with the new detectors off and on, in alternating rounds of one run (the
+    machine's noise hits both sides alike): the scenario library through replay's whole path, and the
+    throughput traffic through the detector suite alone."""
+    library = [s for n in range(copies) for s in scenario_library(f"cost{n}")]
+    lines = [encode_event(e) for e in in_time_order(library)]
+    traffic = [
+        parse_event(raw)
+        for n in range(200)
+        for raw in _session_events(f"cost-{n:04d}", 1, 100, step_ms=1_000)[:-1]
+    ]
+    sides = {
+        "off": DetectorSettings.model_validate({**overrides(library), **NEW_DETECTORS_OFF}),
+        "on": DetectorSettings.model_validate(overrides(library)),
+    }
+    timings: dict[str, dict[str, list[float]]] = {
+        "library": {"off": [], "on": []},
+        "traffic": {"off": [], "on": []},
+    }
+    for _ in range(rounds):
+        for side, settings in sides.items():
+            started = time.perf_counter()
+            replay_lines(lines, settings)
+            timings["library"][side].append((time.perf_counter() - started) / len(lines) * 1e6)
+            suite = DetectorSuite(build_policy(settings), clock=lambda: _T0)
+            states: dict[str, SessionState] = {}
+            started = time.perf_counter()
+            for event in traffic:
+                state = states.get(event.session_id)
+                if state is None:
+                    state = states[event.session_id] = SessionState(event.session_id)
+                suite.observe(state, event)
+            timings["traffic"][side].append((time.perf_counter() - started) / len(traffic) * 1e6)
+    out: dict[str, Any] = {"rounds": rounds}
+    for what, sides_ in timings.items():
+        off, on = statistics.median(sides_["off"]), statistics.median(sides_["on"])
+        out[what] = {
+            "us_per_event_off": round(off, 2),
+            "us_per_event_on": round(on, 2),
+            "ratio": round(on / off, 3),
+        }
+    out["library"]["events"], out["traffic"]["events"] = len(lines), len(traffic)
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -375,6 +440,7 @@ async def _bench(
         "cpus": os.cpu_count(),
         "state_bytes_per_session": {str(n): _state_bytes(n) for n in (10, 100, 1_000)},
         "scenario_library_replay": dict(zip(("events_per_s", "verdicts"), _library_rate(), strict=True)),
+        "new_detectors_cost": _new_detector_cost(),
         "throughput": {
             "events_per_round": events,
             "rounds_events_per_s": [round(x) for x in rates],
@@ -456,4 +522,14 @@ def run_bench(
         f"detectors alone over the scenario library (replay, no broker): "
         f"{lib['events_per_s']:,.0f} events/s, {lib['verdicts']} verdicts"
     )
+    cost = report["new_detectors_cost"]
+    for what, label in (
+        ("library", "scenario library, replay's whole path"),
+        ("traffic", "bench traffic, suite"),
+    ):
+        c = cost[what]
+        print(
+            f"similar_calls + no_new_information + correlated_quiet ({label}, {cost['rounds']} rounds): "
+            f"{c['us_per_event_off']} us/event off, {c['us_per_event_on']} on ({c['ratio']}x)"
+        )
     return 0
