@@ -189,14 +189,18 @@ def _leaves(value: Any, out: list[str], depth: int = 0) -> None:
 
 def sketch(value: Any) -> str | None:
     """A similarity sketch of a call's arguments (or a message): 66 hex characters, a tag of the numbers
-    in a short text and 32 MinHash bytes of its features; keys are left out. A value without whitespace (a
-    path, a URL, a selector, an id, a number) is one feature, whole: `src/lexer.py` is another file than
-    `src/parser.py`, not a rewording of it. Text is its words, word pairs and the words' character trigrams.
-    None when the value holds nothing. Compare two with `similarity`."""
+    in a short value (its text and its space-free leaves) and 32 MinHash bytes of its features; keys are
+    left out. A value without whitespace (a path, a URL, a selector, an id, a number) is one feature, whole:
+    `src/lexer.py` is another file than `src/parser.py`, not a rewording of it. Text is its words, word
+    pairs and the words' character trigrams. None when the value holds nothing. Compare two with
+    `similarity`."""
     parts: list[str] = []
     _leaves(value, parts)
     features: set[str] = set()
     prose: list[str] = []
+    # The space-free leaves (ids, paths, numbers) count as words of the text for the number tag: page 2 of
+    # a listing is other data than page 3, whichever form the page number takes.
+    whole: list[str] = []
     used = 0
     for part in parts:
         if used >= _SKETCH_CHARS:
@@ -205,9 +209,10 @@ def sketch(value: Any) -> str | None:
         used += len(part)
         stripped = part.strip()
         if stripped and not _WHITESPACE.search(stripped):
-            features.add("=" + unicodedata.normalize("NFKC", stripped).casefold())
+            whole.append(unicodedata.normalize("NFKC", stripped).casefold())
         else:
             prose.append(part)
+    features.update("=" + leaf for leaf in whole)
     words = _words(" ".join(prose))
     # Trigrams let "restaurant" and "restaurants" meet; word pairs keep unrelated code apart (two functions of
     # one code base share a quarter of their trigrams, a tenth of their words and pairs).
@@ -218,7 +223,8 @@ def sketch(value: Any) -> str | None:
         features.update(padded[i : i + 3] for i in range(len(padded) - 2))
     if not features:
         return None
-    numbers = sorted(set(_DIGITS.findall(" ".join(words)))) if len(words) <= _SHORT_WORDS else []
+    short = len(words) + len(whole) <= _SHORT_WORDS
+    numbers = sorted(set(_DIGITS.findall(" ".join([*words, *whole])))) if short else []
     # 1..255: 0 is "no numbers", which any other tag may be compared with.
     tag = zlib.crc32(" ".join(numbers).encode()) % 255 + 1 if numbers else 0
     rows = [
@@ -235,7 +241,7 @@ def similarity(a: str, b: str) -> float:
     if len(a) != len(b) or len(a) < 4 or (a[:2] != b[:2] and a[:2] != "00" and b[:2] != "00"):
         return 0.0
     try:
-        x, y = bytes.fromhex(a[2:]), bytes.fromhex(b[2:])
+        x, y = bytes.fromhex(a)[1:], bytes.fromhex(b)[1:]
     except ValueError:
         return 0.0
     share = sum(p == q for p, q in zip(x, y, strict=True)) / len(x)

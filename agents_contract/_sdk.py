@@ -71,7 +71,10 @@ _SEND_WAIT_S: Final = 2.0
 _PROBE_MAX_S: Final = 5.0
 _CLOSE_WAIT_S: Final = 5.0
 _FENCE_POLL_S: Final = 1.0
-_HOUSEKEEPING: Final = frozenset({"AgentGuard._reconnect", "AgentGuard._watch_fence"})
+# Background tasks a closing guard cancels rather than waits for (an in-call heartbeat sleeps for a minute).
+_HOUSEKEEPING: Final = frozenset(
+    {"AgentGuard._reconnect", "AgentGuard._watch_fence", "GuardedSession._beat_while_in_call"}
+)
 
 __all__ = [
     "MAX_FINGERPRINT_CHARS",

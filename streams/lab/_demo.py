@@ -143,7 +143,8 @@ class RecordedOutcome:
 
     @property
     def expected(self) -> str:
-        if self.scenario.detector is None:
+        # A healthy run whose detector pages without killing (many sessions quiet together) is spared.
+        if self.scenario.detector is None or self.scenario.killed == ():
             return "none"
         if self.scenario.detector == "tool_circuit":
             return "trip"
@@ -289,7 +290,11 @@ async def _demo(json_output: bool, bootstrap: str | None, redis_url: str | None)
             await fence.close()
     false_kills = sum(1 for o in outcomes if o.expected == "none" and o.killed)
     false_kills += sum(1 for o in replayed if o.expected == "none" and o.killed)
-    false_alerts = sum(1 for o in replayed if o.expected == "none" and o.alerts)
+    false_alerts = sum(
+        1
+        for o in replayed
+        if o.expected == "none" and any(a.detector != o.scenario.detector for a in o.alerts)
+    )
     scenarios = [o.as_dict() for o in outcomes] + [o.as_dict() for o in replayed]
     covered = sorted({d for s in scenarios if s["detector"] for d in [s["detector"]]})
     return {

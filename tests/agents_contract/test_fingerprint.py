@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents_contract import canonical_digest, fingerprints
+from agents_contract import canonical_digest, fingerprints, similarity, sketch
 from agents_contract._fingerprint import _NOT_WORD, _words
 
 _VOCABULARY = [f"w{i}" for i in range(5000)]
@@ -169,3 +169,48 @@ def test_a_long_text_gives_the_same_fingerprints_however_it_is_cut() -> None:
     whole = _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold()).split()
     assert _words(text) == whole
     assert fingerprints(text, cooperative=True) == fingerprints(text)
+
+
+# Similarity sketches of arguments and messages
+
+
+def test_a_reworded_query_is_alike_and_an_unrelated_one_is_not() -> None:
+    first = sketch({"q": "cheapest flights lisbon to porto in may"})
+    assert first is not None
+    assert len(first) == 66
+    for reworded in ("lisbon porto flight cheap may dates", "cheap flights from lisbon to porto, may"):
+        assert similarity(first, sketch({"q": reworded}) or "") >= 0.3
+    for other in ("quarterly revenue of the northern region", "python install numpy on windows"):
+        assert similarity(first, sketch({"q": other}) or "") < 0.15
+
+
+def test_space_free_values_are_whole_features_and_numbers_tell_short_requests_apart() -> None:
+    # Another file is another call, not a rewording of the same one.
+    assert similarity(sketch({"path": "src/lexer.py"}) or "", sketch({"path": "src/parser.py"}) or "") == 0
+    # Page 2 of a listing is other data than page 3, as a number or in the text.
+    page = [sketch({"q": "open orders for acme", "page": n}) or "" for n in (2, 3)]
+    assert similarity(*page) == 0
+    section = [sketch(f"summarise section {n} of the report") or "" for n in (3, 4)]
+    assert similarity(*section) == 0
+    # The same numbers, or none on one side, compare as usual.
+    assert (
+        similarity(sketch("summarise section 3 of the report") or "", sketch("section 3: summarise it") or "")
+        > 0.3
+    )
+    assert similarity(sketch("cheap flights in 2025") or "", sketch("cheap flights") or "") > 0.3
+
+
+def test_sketches_of_nothing_and_of_another_form_compare_as_nothing() -> None:
+    assert sketch({}) is None
+    assert sketch({"a": None, "b": [True]}) is None
+    one = sketch("some text") or ""
+    assert similarity(one, one) == 1.0
+    assert similarity(one, "zz" + one[2:]) == 0.0
+    assert similarity(one, one[:-2]) == 0.0
+    assert similarity(one, "not hex at all, but 66 characters long............................") == 0.0
+
+
+def test_long_values_cost_a_bounded_sketch() -> None:
+    code = "\n".join(f"def f{n}(x):\n    return x * {n} + helper_{n}(x)" for n in range(2_000))
+    assert len(code) > 50_000
+    assert sketch(code) == sketch(code + "\n# more code beyond the part a sketch reads")
