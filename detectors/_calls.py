@@ -18,34 +18,39 @@ from detectors._window import packed_id
 # Calls remembered per session: results come back soon after their calls, a few calls may be in flight.
 _OPEN: Final = 8
 _SLOT: Final = "open_calls"
+# Each call is 16 hex digits in one string: its call id's hash, then its tool and arguments' hash (a list of
+# pairs would take half as much again in every checkpoint).
+_ENTRY: Final = 16
 
 
 def crc(*parts: str) -> int:
     return zlib.crc32("\x00".join(parts).encode("utf-8", "surrogatepass"))
 
 
+def _calls(state: SessionState) -> str:
+    calls = state.slots.get(_SLOT)
+    # A state checkpointed by an earlier release kept a list here: its few open calls are let go.
+    return calls if isinstance(calls, str) else ""
+
+
 def note_call(state: SessionState, event: ToolCalled) -> int:
     """Remember the call (once, whoever asks first); its hash of tool and canonical arguments."""
-    calls: list[list[int]] | None = state.slots.get(_SLOT)
-    if calls is None:
-        calls = state.slots[_SLOT] = []
-    mark = crc(event.call_id)
-    if calls and calls[-1][0] == mark:
-        return calls[-1][1]
+    calls = _calls(state)
+    mark = f"{crc(event.call_id):08x}"
+    if calls[-_ENTRY:-8] == mark:
+        return int(calls[-8:], 16)
     call = crc(event.tool_name, event.args_digest)
-    calls.append([mark, call])
-    if len(calls) > _OPEN:
-        del calls[0]
+    state.slots[_SLOT] = (calls + f"{mark}{call:08x}")[-_ENTRY * _OPEN :]
     return call
 
 
 def call_of(state: SessionState, event: ToolReturned) -> int | None:
     """The hash of the call this result answers, when the session saw the call."""
-    calls: list[list[Any]] = state.slots.get(_SLOT) or []
-    mark = crc(event.call_id)
-    for entry in reversed(calls):
-        if entry[0] == mark:
-            return int(entry[1])
+    calls = _calls(state)
+    mark = f"{crc(event.call_id):08x}"
+    for at in range(len(calls) - _ENTRY, -1, -_ENTRY):
+        if calls[at : at + 8] == mark:
+            return int(calls[at + 8 : at + _ENTRY], 16)
     return None
 
 

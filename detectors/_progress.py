@@ -86,7 +86,8 @@ class SimilarCalls:
         runs: dict[str, Any] = slot(state, self.name, {})
         t = event.event_time_ms - state.origin_ms
         mark = crc(digest)
-        # The run: [first sketch, last sketch, last digest's hash, calls, first time since the origin, ids].
+        # The run: [first sketch, last sketch (0 while it is the first), last digest's hash, calls, first
+        # time since the origin, ids].
         run: list[Any] | None = runs.pop(key, None)
         if run is not None and t - run[4] > self.window_ms:
             run = None
@@ -95,14 +96,20 @@ class SimilarCalls:
             # counts nor breaks the run.
             runs[key] = run
             return None
-        if run is not None and max(similarity(sketch, run[0]), similarity(sketch, run[1])) < self.similarity:
-            run = None
+        if run is not None:
+            alike = similarity(sketch, run[0])
+            if run[1] and alike < self.similarity:
+                alike = similarity(sketch, run[1])
+            if alike < self.similarity:
+                run = None
         if run is None:
-            run = [sketch, sketch, mark, 0, t, []]
+            run = [sketch, 0, mark, 0, t, []]
+        else:
+            run[1] = sketch
         runs[key] = run
         if len(runs) > _TRACKED:
             del runs[next(iter(runs))]
-        run[1], run[2] = sketch, mark
+        run[2] = mark
         run[3] += 1
         run[5].append(packed_id(event.event_id))
         del run[5][: -self.count]
@@ -183,10 +190,14 @@ class NoNewInformation:
             return None
         # {"seen": sampled fingerprints (4 hex digits each), "calls": [[time since the origin, new, total,
         # id], ...]}
-        own: dict[str, Any] = slot(state, self.name, {"seen": "", "calls": []})
+        # Kept from the first result that carries information either way: most sessions never need it.
+        own: dict[str, Any] | None = state.slots.get(self.name)
+        if own is None:
+            own = {"seen": "", "calls": []}
         new, total = self._information(state, event, own)
         if not total:
             return None
+        state.slots[self.name] = own
         t = event.event_time_ms - state.origin_ms
         calls: list[list[Any]] = own["calls"]
         calls.append([t, new, total, packed_id(event.event_id)])

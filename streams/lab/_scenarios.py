@@ -330,10 +330,19 @@ def _reworded(lib: _Library, rng: random.Random) -> None:
         "print(len(df))",
     ]
     failures = 0
+    written: set[str] = set()
     for i in range(rng.randint(6, 17)):
-        lines = base[:]
-        for extra in rng.sample(extras, k=rng.randint(1, 2)):
-            lines.insert(rng.randint(1, len(lines) - 1), extra)
+        # New code every call (the pattern): a combination already run is rewritten once more.
+        while True:
+            lines = base[:]
+            for extra in rng.sample(extras, k=rng.randint(1, 2)):
+                lines.insert(rng.randint(1, len(lines) - 1), extra)
+            if "\n".join(lines) not in written:
+                break
+            lines.insert(-1, f"print(df.head({i + 1}))")
+            if "\n".join(lines) not in written:
+                break
+        written.add("\n".join(lines))
         error = None
         if failures < 2 and rng.random() < 0.3:
             error = rng.choice(["KeyError", "ValueError", "TypeError"])
