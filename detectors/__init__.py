@@ -42,7 +42,7 @@ from detectors._settings import (
     keyed_detectors,
     session_detectors,
 )
-from detectors._stalls import Deadlock, Stall, hold_quiet, quiet_signal
+from detectors._stalls import QUIET_SLOT, Deadlock, Stall, hold_quiet, quiet_outcome, quiet_signal
 from detectors._state import SessionState
 from detectors._suite import (
     Armed,
@@ -61,6 +61,7 @@ from detectors._verdict import MODES, FailureClass, Mode, Verdict
 __all__ = [
     "CORRELATED_QUIET",
     "MODES",
+    "QUIET_SLOT",
     "STAGES",
     "AgentPingPong",
     "AgentRollingBudget",
@@ -114,6 +115,7 @@ __all__ = [
     "hold_quiet",
     "keyed_detectors",
     "pack_stage_records",
+    "quiet_outcome",
     "quiet_record",
     "quiet_signal",
     "session_detectors",

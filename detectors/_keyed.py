@@ -13,6 +13,7 @@ circuit in every agent process. Time comes from the records' event times only.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, Final, NamedTuple, Protocol
 
 import orjson
@@ -188,13 +189,15 @@ def stage_records(
     return out
 
 
-def quiet_record(state: SessionState, since_ms: int, model: str) -> StageRecord:
+def quiet_record(state: SessionState, since_ms: int, model: str, outcome: str | None = None) -> StageRecord:
     """The correlated-quiet stage's record of a session that went quiet at `since_ms` (its newest event's
-    time, which is also the record's event time), keyed by its tenant and the model it last called."""
+    time, which is also the record's event time), keyed by its tenant and the model it last called; with
+    `outcome` ("resumed" or "killed"), how that silence ended for a session counted in an incident."""
+    event_id = f"quiet:{state.session_id}:{since_ms}" + (f":{outcome}" if outcome else "")
     return StageRecord(
         CORRELATED_QUIET,
         f"{state.tenant_id}/{model}",
-        f"quiet:{state.session_id}:{since_ms}",
+        event_id,
         state.session_id,
         state.tenant_id,
         state.user_id,
@@ -202,7 +205,7 @@ def quiet_record(state: SessionState, since_ms: int, model: str) -> StageRecord:
         -1,
         since_ms,
         "timer",
-        {"model": model},
+        {"model": model, "outcome": outcome} if outcome else {"model": model},
     )
 
 
@@ -660,6 +663,8 @@ class CorrelatedQuiet:
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         since, window = record.event_time_ms, self.window_ms
+        if record.values.get("outcome") is not None:
+            return self._ended(state, record)
         newest = max(int(state.get("newest", since)), since)
         state["newest"] = newest
         # [session, silence began, user]: the quiet sessions of the last two windows.
@@ -671,7 +676,8 @@ class CorrelatedQuiet:
         quiet.append([record.session_id, since, record.user_id])
         del quiet[:-_QUIET_KEPT]
         state["quiet"] = quiet
-        # [first silence, last silence, sessions, generation] of the incident open or last opened.
+        # [first silence, last silence, sessions, generation, sessions resumed, sessions killed, closed] of
+        # the incident open or last opened.
         incident: list[int] | None = state.get("incident")
         if incident is not None and incident[0] - window <= since <= incident[1] + window:
             incident[0], incident[1] = min(incident[0], since), max(incident[1], since)
@@ -681,9 +687,38 @@ class CorrelatedQuiet:
         if len(together) < self.min_sessions:
             return []
         generation = incident[3] + 1 if incident is not None else 1
-        incident = [min(e[1] for e in together), max(e[1] for e in together), len(together), generation]
+        first, last = min(e[1] for e in together), max(e[1] for e in together)
+        incident = [first, last, len(together), generation, 0, 0, 0]
         state["incident"] = incident
         return [self._hold(record, entry, incident, opened=at == 0) for at, entry in enumerate(together)]
+
+    def _ended(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
+        """A session of the incident spoke again (or was killed after its hold): once all of them have, the
+        incident is over and its page is resolved."""
+        incident: list[int] | None = state.get("incident")
+        since = record.event_time_ms
+        if (
+            incident is None
+            or incident[6]
+            or not incident[0] - self.window_ms <= since <= incident[1] + self.window_ms
+        ):
+            return []
+        incident[5 if record.values.get("outcome") == "killed" else 4] += 1
+        if incident[4] + incident[5] < incident[2]:
+            return []
+        incident[6] = 1
+        resumed, killed = incident[4], incident[5]
+        verdict = self._hold(record, [record.session_id, since, record.user_id], incident, opened=False)
+        reason = f"the {incident[2]} sessions of the incident are quiet no more: {resumed} spoke again" + (
+            f", {killed} were killed once their hold ran out" if killed else ""
+        )
+        return [
+            replace(
+                verdict,
+                reason=reason,
+                evidence={**verdict.evidence, "closed": True, "resumed": resumed, "killed": killed},
+            )
+        ]
 
     def _hold(self, record: StageRecord, entry: list[Any], incident: list[int], *, opened: bool) -> Verdict:
         session_id, since, user_id = entry

@@ -117,7 +117,7 @@ class Stall:
             mark: list[int] | None = state.slots.get(self._quiet)
             if mark is None or mark[0] != since:
                 # A new silence: the worker reports it to the correlated-quiet stage (`quiet_signal`).
-                mark = state.slots[self._quiet] = [since, _NOTICED, 0]
+                mark = state.slots[self._quiet] = [since, _NOTICED, 0, state.events]
             if mark[1] == _HELD:
                 until = mark[2] + state.origin_ms
                 if now_ms < until:
@@ -149,16 +149,22 @@ class Stall:
         )
 
 
-# What a silence's mark says: noticed (not yet reported), reported to the correlated-quiet stage, or held.
+# What a silence's mark says: noticed (not yet reported), reported to the correlated-quiet stage, one of
+# an incident's sessions held or (warn mode) only counted, and settled (its end reported to the stage).
 _NOTICED: Final = 0
 _REPORTED: Final = 1
 _HELD: Final = 2
+_WATCHED: Final = 3
+_SETTLED: Final = 4
 
 
 def quiet_slot(name: str = "stall") -> str:
-    """The slot where a `Stall` called `name` keeps the session's current silence:
-    [since (relative to the origin), _NOTICED | _REPORTED | _HELD, held until (relative)]."""
+    """The slot where a `Stall` called `name` keeps the session's current silence: [since (relative to the
+    origin), what the mark says (_NOTICED ...), held until (relative), the session's events by then]."""
     return f"{name}.quiet"
+
+
+QUIET_SLOT: Final = quiet_slot()
 
 
 def quiet_signal(state: SessionState, name: str = "stall") -> tuple[int, str] | None:
@@ -172,15 +178,41 @@ def quiet_signal(state: SessionState, name: str = "stall") -> tuple[int, str] | 
     return mark[0] + state.origin_ms, model if isinstance(model, str) else ""
 
 
-def hold_quiet(state: SessionState, since_ms: int, until_ms: int, name: str = "stall") -> bool:
-    """Hold the session's stall kill until `until_ms` if it is still in the silence that began at
-    `since_ms` (an event since then has ended that silence, and the hold with it). True when held."""
+def hold_quiet(
+    state: SessionState, since_ms: int, until_ms: int, *, hold: bool = True, name: str = "stall"
+) -> bool:
+    """Count the session in a correlated-quiet incident, and with `hold` hold its stall kill until
+    `until_ms`, if it is still in the silence that began at `since_ms` (an event since then has ended that
+    silence). True when it is; False when it spoke again or was killed since (`quiet_outcome` then has
+    that to report)."""
     mark: list[int] | None = state.slots.get(quiet_slot(name))
     origin = state.origin_ms
-    if mark is None or mark[0] + origin != since_ms or state.killed_by is not None:
+    if mark is None or mark[0] + origin != since_ms:
         return False
-    mark[1], mark[2] = _HELD, max(mark[2] if mark[1] == _HELD else 0, until_ms - origin)
+    if mark[1] == _SETTLED:
+        return False
+    if state.killed_by is not None or state.events > mark[3]:
+        mark[1] = _WATCHED  # its outcome goes to the stage at once
+        return False
+    if hold:
+        mark[1], mark[2] = _HELD, max(mark[2] if mark[1] == _HELD else 0, until_ms - origin)
+    elif mark[1] != _HELD:
+        mark[1] = _WATCHED
     return True
+
+
+def quiet_outcome(state: SessionState, name: str = "stall") -> tuple[int, str, bool] | None:
+    """(silence began at, model, killed) once, when a session counted in a correlated-quiet incident has
+    spoken again or been killed: the stage closes the incident once every session in it has."""
+    mark: list[int] | None = state.slots.get(QUIET_SLOT if name == "stall" else quiet_slot(name))
+    if mark is None or mark[1] not in (_HELD, _WATCHED):
+        return None
+    killed = state.killed_by is not None
+    if not killed and state.events <= mark[3]:
+        return None
+    mark[1] = _SETTLED
+    model = state.slots.get(f"{name}.model")
+    return mark[0] + state.origin_ms, model if isinstance(model, str) else "", killed
 
 
 class Deadlock:

@@ -41,6 +41,7 @@ from agents_contract import (
 )
 from detectors import (
     CORRELATED_QUIET,
+    QUIET_SLOT,
     STAGES,
     Clock,
     DetectorSettings,
@@ -52,6 +53,7 @@ from detectors import (
     build_suite,
     hold_quiet,
     keyed_detectors,
+    quiet_outcome,
     quiet_record,
     quiet_signal,
     stage_records,
@@ -352,6 +354,8 @@ class Pipeline:
         dirty[sid] = (state, record.partition)
         if self.stages:
             result.stage_records.extend(stage_records(event, self.stages, fleet_tools=self.fleet_tools))
+        if QUIET_SLOT in state.slots:
+            self._quiet_over(state, result)
         if isinstance(event, ControlAck):
             self._settle(state, event, result)
         for verdict in observation.verdicts:
@@ -403,6 +407,7 @@ class Pipeline:
                 result.dirty[state.session_id] = (state, state.partition)
                 for verdict in verdicts:
                     self._act(verdict, state, "", result)
+                self._quiet_over(state, result)
             elif (quiet := quiet_signal(state)) is not None:
                 # A silence the stall detector noticed goes to the correlated-quiet stage, which tells
                 # whether it is one of many (its kill then held) before the stall kill is due.
@@ -458,9 +463,9 @@ class Pipeline:
     def _hold(
         self, verdict: Verdict, state: SessionState | None, record: RawRecord, result: BatchResult
     ) -> None:
-        """A correlated-quiet incident holds this session's stall kill (the incident was paged once, by the
-        stage); a session that spoke again since, or is gone, has nothing to hold."""
-        if verdict.mode != "enforce" or state is None:
+        """A correlated-quiet incident counts this session and, enforced, holds its stall kill (the incident
+        was paged once, by the stage); a session that spoke again since, or is gone, has nothing to hold."""
+        if verdict.mode == "shadow" or state is None:
             return
         evidence = verdict.evidence
         since, until = evidence.get("quiet_since_ms"), evidence.get("hold_until_ms")
@@ -471,9 +476,20 @@ class Pipeline:
                 )
             )
             return
-        if hold_quiet(state, since, until):
-            result.dirty[state.session_id] = (state, record.partition)
+        result.dirty[state.session_id] = (state, record.partition)
+        if hold_quiet(state, since, until, hold=verdict.mode == "enforce"):
             result.verdicts.append(verdict)
+        else:
+            self._quiet_over(state, result)
+
+    @staticmethod
+    def _quiet_over(state: SessionState, result: BatchResult) -> None:
+        """A session counted in a correlated-quiet incident spoke again or was killed: the stage hears of
+        it, to close the incident once all of its sessions have."""
+        over = quiet_outcome(state)
+        if over is not None:
+            since, model, killed = over
+            result.stage_records.append(quiet_record(state, since, model, "killed" if killed else "resumed"))
 
     def _act(self, verdict: Verdict, state: SessionState, agent_id: str, result: BatchResult) -> None:
         """Do what the verdict's mode says: kill and alert, alert, or only count it."""

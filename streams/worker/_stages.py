@@ -166,10 +166,13 @@ class StageJudge:
             return
         user_id = record.user_id
         if record.stage == CORRELATED_QUIET:
-            if verdict.evidence.get("opened") and verdict.mode != "shadow":
+            evidence = verdict.evidence
+            if (evidence.get("opened") or evidence.get("closed")) and verdict.mode != "shadow":
                 result.alerts.append(self._quiet_incident(verdict, record))
-            if verdict.mode != "enforce":
-                return  # paged, nothing held
+            if verdict.mode == "shadow" or evidence.get("closed"):
+                return
+            # Back to the session: enforced, it holds the stall kill; warned, it only counts the session in
+            # the incident, so the incident closes once its sessions are over.
             user_id = str(verdict.evidence.get("quiet_user_id", user_id))
         value = encode_verdict(verdict, tenant_id=record.tenant_id, user_id=user_id, agent_id=record.agent_id)
         result.verdicts.append((verdict.session_id.encode(), value))
@@ -199,6 +202,7 @@ class StageJudge:
             event_time_ms=verdict.event_time_ms,
             detected_at_ms=self._clock(),
             evidence=bounded_evidence({**verdict.evidence, "mode": verdict.mode}),
+            status="resolved" if verdict.evidence.get("closed") else "firing",
         )
 
     def _circuit(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents_contract import SessionStarted, TurnStarted, encode_event
+from agents_contract import SessionStarted, TurnCompleted, TurnStarted, encode_event
 from detectors import CORRELATED_QUIET, DetectorSettings, SessionState, Stall, hold_quiet, quiet_signal
 from tests.streams.judging import Clock, JudgingPath
 
@@ -14,6 +14,8 @@ T0 = 1_767_225_600_000
 QUIET_S = 60
 WINDOW_S = 20
 HOLD_S = 600
+# Long enough for every session started together to be reported and held.
+QUIET_SLOT_WAIT = QUIET_S + 5
 
 
 def path(**quiet: Any) -> JudgingPath:
@@ -62,6 +64,37 @@ def test_sessions_quiet_together_are_one_incident_paged_once_and_none_is_killed(
     assert sorted(p.judged.killed()) == [f"s-{n}" for n in range(4)]
     assert {k.detector for k in p.judged.kills} == {"stall"}
     assert all("held" in k.reason for k in p.judged.kills)
+    # With the last of them over, the incident's page is resolved under its own id.
+    closed = p.judged.alerts[-1]
+    assert (closed.alert_id, closed.status) == (page.alert_id, "resolved")
+    assert "4 were killed once their hold ran out" in closed.reason
+
+
+def speak(p: JudgingPath, sid: str, seq: int) -> None:
+    at = p.clock.now_ms
+    envelope = {"session_id": sid, "agent_id": "a", "tenant_id": "acme", "user_id": f"u-{sid}"}
+    event = TurnCompleted(
+        **envelope, event_id=f"{sid}-{seq}", seq=seq, event_time_ms=at, model="big-model", input_tokens=9,
+        output_tokens=1,
+    )  # fmt: skip
+    p.send(encode_event(event), sid.encode())
+
+
+def test_the_incident_page_is_resolved_once_every_session_in_it_speaks_again() -> None:
+    p = path()
+    for n in range(3):
+        start(p, f"s-{n}")
+    run_for(p, QUIET_SLOT_WAIT)
+    (page,) = p.judged.alerts
+    speak(p, "s-0", 3)
+    speak(p, "s-1", 3)
+    run_for(p, 2)
+    assert p.judged.alerts == [page]  # one is still quiet
+    speak(p, "s-2", 3)
+    (_, closed) = p.judged.alerts
+    assert (closed.alert_id, closed.status, closed.action) == (page.alert_id, "resolved", "held")
+    assert "3 spoke again" in closed.reason
+    assert p.judged.kills == []
 
 
 def test_a_session_quiet_on_its_own_is_killed_once_the_others_had_time_to_join() -> None:
@@ -99,7 +132,9 @@ def test_warn_mode_pages_the_incident_and_holds_nothing() -> None:
         start(p, f"s-{n}")
     run_for(p, QUIET_S + 2)
     assert sorted(p.judged.killed()) == ["s-0", "s-1", "s-2"]
-    assert [a.action for a in p.judged.alerts if a.detector == CORRELATED_QUIET] == ["warned"]
+    # Paged once; the page is resolved when the last of its sessions is over (here: killed).
+    pages = [(a.action, a.status) for a in p.judged.alerts if a.detector == CORRELATED_QUIET]
+    assert pages == [("warned", "firing"), ("warned", "resolved")]
     assert "held" not in p.judged.alerts[0].reason
 
 

@@ -163,14 +163,18 @@ async def test_sessions_hung_on_one_model_are_paged_once_and_none_is_killed(
                 # Every hung session held: none of them can be killed before hold_s (600 s) has passed.
                 await wait_for("every hung session held", all_held)
                 await paged("held", 1)
-            for call in calls[:3]:
-                call.completed(input_tokens=10, output_tokens=5)
+                # The provider answers: every session speaks again and the incident's page is resolved.
+                for call in calls[:3]:
+                    call.completed(input_tokens=10, output_tokens=5)
+                await wait_for("the incident's page resolved", lambda: paged("held", 2))
         await stack.drain()
-        assert sorted((a["action"], a["detector"]) for a in seen) == [
-            ("held", "correlated_quiet"),
-            ("killed", "stall"),
+        assert sorted((a["action"], a["detector"], a["status"]) for a in seen) == [
+            ("held", "correlated_quiet", "firing"),
+            ("held", "correlated_quiet", "resolved"),
+            ("killed", "stall", "firing"),
         ]
-        page = next(a for a in seen if a["action"] == "held")
+        page, closed = (a for a in seen if a["action"] == "held")
+        assert page["alert_id"] == closed["alert_id"]
         (kill,) = (a for a in seen if a["action"] == "killed")
         assert kill["session_id"] == alone
         assert (page["tenant_id"], page["evidence"]["model"]) == ("acme", "provider-x-large")
