@@ -732,8 +732,7 @@ class CorrelatedQuiet:
             session_id=session_id,
             reason=(
                 f"{sessions} sessions of {scope} went quiet within {spread:g} s of each other: one incident "
-                f"upstream (a provider hang?), not {sessions} stalls; their stall kills are held until "
-                f"{self.hold_ms / 1000:g} s after each went quiet"
+                f"upstream (a provider hang?), not {sessions} stalls"
             ),
             observed=sessions,
             threshold=self.min_sessions,

@@ -182,27 +182,29 @@ class StageJudge:
         digest = hashlib.sha256(
             f"{record.key}\x00{verdict.evidence.get('generation', 1)}".encode()
         ).hexdigest()
-        enforce = verdict.mode == "enforce"
+        evidence = verdict.evidence
+        reason = verdict.reason
+        if verdict.mode == "enforce" and not evidence.get("closed"):
+            held_s = (int(evidence.get("hold_until_ms", 0)) - int(evidence.get("quiet_since_ms", 0))) / 1000
+            reason += f"; their stall kills are held until {held_s:g} s after each went quiet"
         return Alert(
             alert_id=f"quiet-{digest[:32]}",
             severity="critical",
             failure_class=verdict.failure_class.value,
             detector=verdict.detector,
-            action="held" if enforce else "warned",
+            action="held" if verdict.mode == "enforce" else "warned",
             session_id=verdict.session_id,
             tenant_id=record.tenant_id,
             user_id=str(verdict.evidence.get("quiet_user_id", record.user_id)),
             agent_id="",
-            reason=clip(verdict.reason, MAX_REASON)
-            if enforce
-            else clip(verdict.reason.split("; their stall kills")[0], MAX_REASON),
+            reason=clip(reason, MAX_REASON),
             observed=verdict.observed,
             threshold=verdict.threshold,
             event_id=verdict.event_id,
             event_time_ms=verdict.event_time_ms,
             detected_at_ms=self._clock(),
-            evidence=bounded_evidence({**verdict.evidence, "mode": verdict.mode}),
-            status="resolved" if verdict.evidence.get("closed") else "firing",
+            evidence=bounded_evidence({**evidence, "mode": verdict.mode}),
+            status="resolved" if evidence.get("closed") else "firing",
         )
 
     def _circuit(self, verdict: Verdict, record: StageRecord, result: StageResult) -> None:

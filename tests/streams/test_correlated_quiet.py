@@ -56,6 +56,7 @@ def test_sessions_quiet_together_are_one_incident_paged_once_and_none_is_killed(
     assert page.summary == "[tripwire] 3 sessions of tenant acme went quiet together: correlated_quiet"
     assert page.evidence["model"] == "big-model"
     assert "one incident upstream" in page.reason
+    assert page.reason.endswith("their stall kills are held until 600 s after each went quiet")
     # The fourth session joined the incident without another page; every one is held.
     for n in range(4):
         assert p.states[f"s-{n}"].killed_by is None
