@@ -156,9 +156,12 @@ def _canonical(value: Any) -> Any:
 SKETCH_SAMPLES: Final = 32
 # Text beyond this is left out of a sketch: a call's intent shows in its first pages; the cost stays small.
 _SKETCH_CHARS: Final = 4_000
-# Texts of at most this many words (queries, requests, selectors) are told apart by their numbers: "summarise
-# section 3" is another request than "summarise section 4", however alike the words.
+# Values of at most this many words (queries, requests, selectors) are told apart by their numbers:
+# "summarise section 3" is another request than "summarise section 4", however alike the words. Words are
+# counted apart at punctuation too, so code is not a short request: `head(5)` and `head(10)` in a rewritten
+# script are the same exploration.
 _SHORT_WORDS: Final = 16
+_TOKEN: Final = re.compile(r"\w+")
 _SAMPLES: Final = struct.Struct(f"<{SKETCH_SAMPLES}I")
 _WHITESPACE: Final = re.compile(r"\s")
 _DIGITS: Final = re.compile(r"\d+")
@@ -223,7 +226,9 @@ def sketch(value: Any) -> str | None:
         features.update(padded[i : i + 3] for i in range(len(padded) - 2))
     if not features:
         return None
-    short = len(words) + len(whole) <= _SHORT_WORDS
+    short = len(words) + len(whole) <= _SHORT_WORDS and (
+        sum(len(_TOKEN.findall(part)) for part in prose) + len(whole) <= _SHORT_WORDS
+    )
     numbers = sorted(set(_DIGITS.findall(" ".join([*words, *whole])))) if short else []
     # 1..255: 0 is "no numbers", which any other tag may be compared with.
     tag = zlib.crc32(" ".join(numbers).encode()) % 255 + 1 if numbers else 0

@@ -192,6 +192,12 @@ def test_space_free_values_are_whole_features_and_numbers_tell_short_requests_ap
     assert similarity(*page) == 0
     section = [sketch(f"summarise section {n} of the report") or "" for n in (3, 4)]
     assert similarity(*section) == 0
+    # Code is no short request: a script rewritten with other numbers is the same exploration.
+    script = "import pandas as pd\ndf = pd.read_csv('orders.csv')\nprint(df.groupby('month').sum())\n"
+    script += "print(df.head({}))"
+    assert (
+        similarity(sketch({"code": script.format(5)}) or "", sketch({"code": script.format(20)}) or "") > 0.5
+    )
     # The same numbers, or none on one side, compare as usual.
     assert (
         similarity(sketch("summarise section 3 of the report") or "", sketch("section 3: summarise it") or "")
