@@ -121,6 +121,9 @@ class MessageSent(_Envelope):
     to_agent_id: _Id
     content_digest: _Digest
     content_sketch: _Sketch | None = None
+    # A message from outside the guarded team (a user's, `session.message_received`): `agent_id` names its
+    # sender, who is no agent of the session, so its messages are never judged as an agent's loop.
+    external: Literal[True] | None = None
 
 
 class AgentWaiting(_Envelope):

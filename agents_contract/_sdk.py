@@ -1026,11 +1026,24 @@ class GuardedSession:
         """Report a message the agent received from outside the guarded team (a user, by default): a
         dialogue's turns then count as answers to it, not as an agent talking to itself."""
         self.check()
+        self.record_input(content, from_agent_id=from_agent_id, agent_id=agent_id)
+
+    def record_input(self, content: Any, *, from_agent_id: str = "user", agent_id: str | None = None) -> None:
+        """`message_received` for code that cannot await it (a framework adapter handing a run its input):
+        the same event, never raising; nothing once killed, or for a None input (a run resumed from a
+        checkpoint)."""
+        if content is None or self.kill is not None:
+            return
         to = self._agent(agent_id)
         self._emit(
             "message.sent",
             _checked_id("from_agent_id", from_agent_id),
-            {"to_agent_id": to, "content_digest": digest(content), "content_sketch": sketch(content)},
+            {
+                "to_agent_id": to,
+                "content_digest": digest(content),
+                "content_sketch": sketch(content),
+                "external": True,
+            },
         )
 
     async def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:

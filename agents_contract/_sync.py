@@ -228,6 +228,16 @@ class SyncSession:
     def send_message(self, to_agent_id: str, content: Any, *, agent_id: str | None = None) -> None:
         self._guard.call(self.session.send_message(to_agent_id, content, agent_id=agent_id))
 
+    def message_received(
+        self, content: Any, *, from_agent_id: str = "user", agent_id: str | None = None
+    ) -> None:
+        self._guard.call(
+            self.session.message_received(content, from_agent_id=from_agent_id, agent_id=agent_id)
+        )
+
+    def record_input(self, content: Any, *, from_agent_id: str = "user", agent_id: str | None = None) -> None:
+        self.session.record_input(content, from_agent_id=from_agent_id, agent_id=agent_id)
+
     def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
         self._guard.call(self.session.remember(store, key, content, agent_id=agent_id))
 

@@ -77,7 +77,8 @@ class SimilarCalls:
             sketch, digest = event.args_sketch, event.args_digest
             key = f"t{crc(event.tool_name)}"
         elif isinstance(event, MessageSent):
-            if event.content_sketch is None:
+            # A user asking again is not an agent re-delegating: only the team's own messages are judged.
+            if event.content_sketch is None or event.external:
                 return None
             sketch, digest = event.content_sketch, event.content_digest
             key = f"m{crc(event.agent_id, event.to_agent_id)}"

@@ -129,6 +129,7 @@ class AutoGenGuard:
         if not self.session.killed:
             self._refusal = None
             await self.termination.reset()
+        self.session.record_input(task)  # a user's message: the answers to it are no monologue
         try:
             async with self.session.running():
                 result = await runner.run(

@@ -50,6 +50,7 @@ def guarded_kickoff(
     budget gate refuses a call, in both cases once the crew has stopped; the output is CrewAI's, unchanged."""
     run = _CrewRun(session.stop_error, session.model_started, session.tool_started, agents, cost_usd)
     _refuse_streaming(crew)
+    session.record_input(inputs)  # the crew's inputs are its user's request
     with session.running(), run.hooks():
         try:
             output = crew.kickoff(inputs=inputs)
@@ -74,6 +75,7 @@ async def guarded_kickoff_async(
         session.stop_error, session.model_started_sync, session.tool_started_sync, agents, cost_usd
     )
     _refuse_streaming(crew)
+    session.record_input(inputs)
     async with session.running():
         with run.hooks():
             # The task copies this context, and CrewAI's thread copies the task's: the hooks go with them.

@@ -76,6 +76,7 @@ class GuardedGraph:
         session = self._async_session("ainvoke")
         with self._run(config, kwargs) as (run_config, control):
             session.check()  # before the coroutine exists: a refused session.run would leave it never awaited
+            session.record_input(input)  # a user's message: the agent's answers to it are no monologue
             return await session.run(self.graph.ainvoke(input, run_config, control=control, **kwargs))
 
     async def astream(
@@ -85,6 +86,7 @@ class GuardedGraph:
         task = asyncio.current_task()
         assert task is not None
         with self._run(config, kwargs) as (run_config, control):
+            session.record_input(input)
             async with session.running():
                 # Pregel.astream is an async generator, typed as the iterator it returns.
                 parts = cast(
@@ -108,11 +110,13 @@ class GuardedGraph:
         # starting (ToolNode starts a thread pool per step; CPython 3.11 gives a new thread its starter's id
         # until it runs), which then dies before it signals it started, and the run waits for it forever.
         # The gates and the drain stop the run; a call in flight in a sync run finishes first.
+        session.record_input(input)
         with self._run(config, kwargs) as (run_config, control), session.running():
             return self.graph.invoke(input, run_config, control=control, **kwargs)
 
     def stream(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Iterator[Any]:
         session = self._sync_session("stream")
+        session.record_input(input)
         with self._run(config, kwargs) as (run_config, control), session.running():
             yield from self.graph.stream(input, run_config, control=control, **kwargs)
 

@@ -87,6 +87,7 @@ async def guarded_run(
         finally:
             gates.close_open_calls()
 
+    session.record_input(input)  # a user's message: the agent's answers to it are no monologue
     with _circuit_errors():
         return await session.run(run())
 
@@ -114,6 +115,7 @@ def guarded_run_sync(
     # Not `session.run`: the interrupt it injects does not wake a thread waiting in its loop's select (a hung
     # tool), and one landing in a loop callback is logged and dropped (asyncio's Handle._run). Cancelling the
     # turn's task on its own loop (call_soon_threadsafe wakes it) is neither.
+    session.record_input(input)
     with _circuit_errors(), session.running():
         session.on_kill(gates.cancel_turn)
         token = _RUN_SESSION.set(session)

@@ -195,6 +195,8 @@ class _Session:
                 to_agent_id=receiver,
                 content_digest=_digest(content),
                 content_sketch=sketch(content),
+                # What `session.message_received` reports: a user's message comes from outside the team.
+                external=True if sender == "user" else None,
             ),
             1.0,
         )
@@ -417,6 +419,17 @@ def _healthy_real(lib: _Library, rng: random.Random) -> None:
         s.turn(output=f"answer {i}: {_text(rng, 12)}")
         s.message("user", "agent", _text(rng, rng.randint(5, 20)), at=s.t + rng.uniform(10, 90))
     s.turn(output="glad to help")
+    s.end()
+
+    # 1b. A user asking the same thing again and again, reworded: the user's loop, not the agent's.
+    s = lib.session(lib.scenario("user-asks-again", None))
+    asks = ["where is my order 4471", "my order 4471 where is it", "order 4471 still not here, where is it"]
+    asks += ["where is order 4471??", "is my order 4471 lost", "4471 where is my order please"]
+    for i, ask in enumerate(rng.sample(asks, k=rng.randint(4, 6))):
+        s.message("user", "agent", ask, at=i * 60.0)
+        s.turn(output=f"your order ships tomorrow ({i})")
+        if i == 0:
+            s.tool(lib.tool("lookup_order"), {"order": 4471}, text=_text(rng, 40))
     s.end()
 
     # 2. A provider hang: five sessions of one tenant whose model calls all start in one minute and answer

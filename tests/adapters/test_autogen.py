@@ -358,6 +358,7 @@ async def test_a_healthy_team_run_returns_its_result_untouched_and_reports_its_c
         (e["kind"], e["agent_id"]) for e in events if e["kind"] not in ("session.started", "session.ended")
     ]
     assert steps == [
+        ("message.sent", "user"),  # the task: a user's message to the team
         ("turn.started", "writer"),
         ("turn.completed", "writer"),
         ("tool.called", "writer"),
@@ -365,6 +366,8 @@ async def test_a_healthy_team_run_returns_its_result_untouched_and_reports_its_c
         ("turn.started", "critic"),
         ("turn.completed", "critic"),
     ]
+    (asked,) = (e for e in events if e["kind"] == "message.sent")
+    assert (asked["to_agent_id"], asked["content_digest"]) == ("team", digest("Write a haiku."))
     turns = [e for e in events if e["kind"] == "turn.completed"]
     assert {
         (t["gen_ai.usage.input_tokens"], t["gen_ai.usage.output_tokens"], t["context_tokens"]) for t in turns

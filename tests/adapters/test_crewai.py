@@ -319,6 +319,11 @@ async def test_a_healthy_crew_returns_its_output_untouched_and_is_reported(stack
         events = await session_events(stack, session_id, ended)
         assert_reported(events, agent_id=agent_id, cost_usd=cost_usd)
         assert events[-1]["outcome"] == "completed"
+        # The kickoff's inputs are the user's request to the crew, reported before its first step.
+        (asked,) = [e for e in events if e["kind"] == "message.sent"]
+        assert (asked["agent_id"], asked["to_agent_id"]) == ("user", "crew")
+        assert asked["content_digest"] == digest({"question": "life"})
+        assert events.index(asked) < min(i for i, e in enumerate(events) if e["kind"] == "turn.started")
 
 
 async def test_the_budget_gate_refuses_the_step_past_the_budget_before_it_runs(stack: LocalStack) -> None:

@@ -32,6 +32,7 @@ from agents_contract import (
     KillCommand,
     SessionKilled,
     SyncSession,
+    digest,
 )
 from agents_contract.adapters.langgraph import guard_graph
 from streams.lab._stack import LocalStack
@@ -264,6 +265,7 @@ async def test_a_healthy_team_run_returns_its_result_and_reports_each_agent(stac
         (e["kind"], e["agent_id"]) for e in events if e["kind"] not in ("session.started", "session.ended")
     ]
     assert steps == [
+        ("message.sent", "user"),  # the run's input: a user's message to the session's agent
         ("turn.started", "researcher"),
         ("turn.completed", "researcher"),
         ("tool.called", "researcher"),
@@ -273,6 +275,8 @@ async def test_a_healthy_team_run_returns_its_result_and_reports_each_agent(stac
         ("turn.started", "writer"),
         ("turn.completed", "writer"),
     ]
+    (asked,) = [e for e in events if e["kind"] == "message.sent"]
+    assert (asked["to_agent_id"], asked["content_digest"]) == ("team", digest(inputs))
     turns = [e for e in events if e["kind"] == "turn.completed"]
     assert [(t["gen_ai.usage.input_tokens"], t["gen_ai.usage.output_tokens"]) for t in turns] == [
         (50, 7),

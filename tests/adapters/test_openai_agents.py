@@ -248,6 +248,7 @@ async def test_a_healthy_team_run_returns_its_output_and_reports_its_calls(stack
         if e["kind"] in ("turn.started", "turn.completed", "tool.called", "tool.returned", "message.sent")
     ]
     assert calls == [
+        ("message.sent", "user"),  # the run's input, a user's message to the session's agent
         ("turn.started", "triage_desk"),
         ("turn.completed", "triage_desk"),
         ("message.sent", "triage_desk"),
@@ -262,7 +263,10 @@ async def test_a_healthy_team_run_returns_its_output_and_reports_its_calls(stack
     assert {
         (e["gen_ai.usage.input_tokens"], e["gen_ai.usage.output_tokens"], e["context_tokens"]) for e in turns
     } == {(INPUT_TOKENS, OUTPUT_TOKENS, INPUT_TOKENS)}
-    (handoff,) = [e for e in events if e["kind"] == "message.sent"]
+    asked, handoff = [e for e in events if e["kind"] == "message.sent"]
+    assert asked["to_agent_id"] == events[0]["agent_id"]
+    assert asked["content_digest"] == digest("What is tripwire?")
+    assert asked["content_sketch"]
     assert handoff["to_agent_id"] == "researcher"
     (called,) = [e for e in events if e["kind"] == "tool.called"]
     (returned,) = [e for e in events if e["kind"] == "tool.returned"]
