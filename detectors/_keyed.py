@@ -658,8 +658,10 @@ class CorrelatedQuiet:
         self.hold_ms = hold_ms
 
     def expired(self, state: dict[str, Any], now_ms: int) -> bool:
-        # An incident's generation is kept while a hold it gave may still run, so its alert id stays unique.
-        return now_ms - touched_ms(state) > max(2 * self.window_ms, self.hold_ms)
+        # An incident is kept while a hold it gave may still run and its sessions' outcomes come in (a session
+        # killed when its hold runs out reports a timer tick or two later), so it closes and its alert id
+        # stays unique.
+        return now_ms - touched_ms(state) > self.hold_ms + 2 * self.window_ms
 
     def observe(self, state: dict[str, Any], record: StageRecord) -> list[Verdict]:
         since, window = record.event_time_ms, self.window_ms

@@ -167,15 +167,25 @@ def quiet_slot(name: str = "stall") -> str:
 QUIET_SLOT: Final = quiet_slot()
 
 
+def _mark(state: SessionState, name: str) -> list[int] | None:
+    # The worker asks about every session it sweeps: the default name's slot is not formatted each time.
+    mark: list[int] | None = state.slots.get(QUIET_SLOT if name == "stall" else quiet_slot(name))
+    return mark
+
+
+def _model(state: SessionState, name: str) -> str:
+    model = state.slots.get(f"{name}.model")
+    return model if isinstance(model, str) else ""
+
+
 def quiet_signal(state: SessionState, name: str = "stall") -> tuple[int, str] | None:
     """(silence began at, model or "") once for each silence `Stall` noticed, for the worker to report to
     the correlated-quiet stage; None when there is nothing new to report."""
-    mark: list[int] | None = state.slots.get(quiet_slot(name))
+    mark = _mark(state, name)
     if mark is None or mark[1] != _NOTICED:
         return None
     mark[1] = _REPORTED
-    model = state.slots.get(f"{name}.model")
-    return mark[0] + state.origin_ms, model if isinstance(model, str) else ""
+    return mark[0] + state.origin_ms, _model(state, name)
 
 
 def hold_quiet(
@@ -185,7 +195,7 @@ def hold_quiet(
     `until_ms`, if it is still in the silence that began at `since_ms` (an event since then has ended that
     silence). True when it is; False when it spoke again or was killed since (`quiet_outcome` then has
     that to report)."""
-    mark: list[int] | None = state.slots.get(quiet_slot(name))
+    mark = _mark(state, name)
     origin = state.origin_ms
     if mark is None or mark[0] + origin != since_ms:
         return False
@@ -204,15 +214,14 @@ def hold_quiet(
 def quiet_outcome(state: SessionState, name: str = "stall") -> tuple[int, str, bool] | None:
     """(silence began at, model, killed) once, when a session counted in a correlated-quiet incident has
     spoken again or been killed: the stage closes the incident once every session in it has."""
-    mark: list[int] | None = state.slots.get(QUIET_SLOT if name == "stall" else quiet_slot(name))
+    mark = _mark(state, name)
     if mark is None or mark[1] not in (_HELD, _WATCHED):
         return None
     killed = state.killed_by is not None
     if not killed and state.events <= mark[3]:
         return None
     mark[1] = _SETTLED
-    model = state.slots.get(f"{name}.model")
-    return mark[0] + state.origin_ms, model if isinstance(model, str) else "", killed
+    return mark[0] + state.origin_ms, _model(state, name), killed
 
 
 class Deadlock:
