@@ -24,7 +24,7 @@ from streams._config import TopicSettings, WorkerSettings
 from streams.worker import _metrics as m
 from streams.worker._dlq import BoundedLog, dead_letter, raw_copy
 from streams.worker._fencing import FenceKeeper
-from streams.worker._pipeline import BatchResult, Departures, Pipeline, RawRecord
+from streams.worker._pipeline import BatchResult, Departures, Pipeline, Record, settled
 from streams.worker._seam import Intake, Output, Send, Sent, commit
 from streams.worker._store import LiveStore
 from streams.worker._watch import KillWatch
@@ -89,11 +89,7 @@ class SessionJudge:
                 raise
             async with self._busy:
                 owned = self.owned
-                records = [
-                    RawRecord(r.key, r.value, r.partition, r.offset, r.topic, r.headers)
-                    for r in fetched
-                    if r.partition in owned
-                ]
+                records = [r for r in fetched if r.partition in owned]
                 if records:
                     await self._judge(records)
             m.INTAKE.set(len(self._intake))
@@ -103,7 +99,7 @@ class SessionJudge:
             ) and not self._checkpoint_lock.locked():
                 self._app.add_future(self.checkpoint())
 
-    async def _judge(self, records: list[RawRecord]) -> None:
+    async def _judge(self, records: list[Record]) -> None:
         try:
             result = self.pipeline.judge(records, self.store.lookup)
             await self.act(result)
@@ -211,7 +207,8 @@ class SessionJudge:
             try:
                 for i in range(0, len(keys), _SLICE):
                     part = {key: dirty[key] for key in keys[i : i + _SLICE] if key in dirty}
-                    unconfirmed.append(await self._output.send(self.store.checkpoint(part)))
+                    records = self.store.checkpoint(part, cold=self._cold)
+                    unconfirmed.append(await self._output.send(records))
                     await asyncio.sleep(0)
             finally:
                 self._writing = {}
@@ -219,6 +216,11 @@ class SessionJudge:
             await commit(self._app, offsets)
             m.CHECKPOINT_STATES.inc(len(keys))
             m.CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+
+    def _cold(self, session_id: str, state: SessionState) -> bool:
+        """Whether a checkpointed state can wait out its grace as bytes: the session is settled, and no
+        batch since the checkpoint began holds it to change."""
+        return session_id not in self._pending and settled(state)
 
     async def checkpoint_if_due(self) -> None:
         if time.monotonic() - self._last_checkpoint >= self._conf.checkpoint_interval_s:

@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -62,6 +62,24 @@ from sinks import Alert
 from streams.worker._watch import escalation_resolved
 
 
+class Record(Protocol):
+    """What the pipeline reads of a record: a `RawRecord`, or aiokafka's `ConsumerRecord` as fetched (the
+    worker's hot path judges those as they are, without a copy per record)."""
+
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def headers(self) -> Headers: ...
+
+
 class RawRecord(NamedTuple):
     key: bytes | None
     value: bytes | None
@@ -73,7 +91,7 @@ class RawRecord(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    record: RawRecord
+    record: Record
     reason: str
     # A short, fixed word for the kind of fault (metrics label it; the reason says the details).
     code: str = "invalid"
@@ -203,6 +221,9 @@ class Departures:
     def discard(self, session_id: str) -> None:
         self._at.pop(session_id, None)
 
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._at
+
     def __len__(self) -> int:
         return len(self._at)
 
@@ -275,7 +296,7 @@ class Pipeline:
         self.intake = settings.intake
         self.fleet_tools = settings.tool_circuit.scope == "fleet"
 
-    def judge(self, records: Iterable[RawRecord], lookup: StateLookup) -> BatchResult:
+    def judge(self, records: Iterable[Record], lookup: StateLookup) -> BatchResult:
         result = BatchResult()
         for record in records:
             try:
@@ -294,7 +315,7 @@ class Pipeline:
                 )
         return result
 
-    def _judge_record(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
+    def _judge_record(self, record: Record, lookup: StateLookup, result: BatchResult) -> None:
         dirty = result.dirty
         if record.value is None:
             result.dead_letters.append(DeadLetter(record, "record has no value (tombstone)", "tombstone"))
@@ -415,7 +436,7 @@ class Pipeline:
                 result.stage_records.append(quiet_record(state, *quiet))
         return result
 
-    def _stage_verdict(self, record: RawRecord, lookup: StateLookup, result: BatchResult) -> None:
+    def _stage_verdict(self, record: Record, lookup: StateLookup, result: BatchResult) -> None:
         if self._internal is not None and record.value is not None:
             # Only a worker's keyed stage can kill through this topic: a record anyone else wrote is refused.
             why = self._internal.problem(record.value, record.headers)
@@ -461,7 +482,7 @@ class Pipeline:
         self._act(verdict, state, agent_id, result)
 
     def _hold(
-        self, verdict: Verdict, state: SessionState | None, record: RawRecord, result: BatchResult
+        self, verdict: Verdict, state: SessionState | None, record: Record, result: BatchResult
     ) -> None:
         """A correlated-quiet incident counts this session and, enforced, holds its stall kill (the incident
         was paged once, by the stage); a session that spoke again since, or is gone, has nothing to hold."""
@@ -586,7 +607,7 @@ class Pipeline:
 _ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 
 
-def _stage_verdict_problem(verdict: Verdict, record: RawRecord) -> str | None:
+def _stage_verdict_problem(verdict: Verdict, record: Record) -> str | None:
     """Why a record on the verdicts topic is not one a keyed stage wrote (None when it could be)."""
     if verdict.detector not in STAGES:
         return f"stage verdict names detector {clip(verdict.detector, 64)!r}, which is not a keyed stage"

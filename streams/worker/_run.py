@@ -24,6 +24,7 @@ from prometheus_client import start_http_server
 from agents_contract import Fence
 from streams._config import ConfigError, Settings
 from streams._kafka import ensure_topics, topic_specs, wait_for_broker
+from streams.worker._collector import settle_startup
 
 log = logging.getLogger("tripwire.worker")
 
@@ -84,6 +85,7 @@ def run_worker(
         serve_metrics(settings, port=None if base is None else base + process)
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, config_path=config_path, process=process)
+    settle_startup()
     faust.Worker(app, loglevel=level, quiet=True, override_logging=False).execute_from_commandline()
     return 0
 
@@ -101,6 +103,7 @@ def run_stages(settings: Settings) -> int:
     asyncio.run(prepare(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_stages_app(settings)
+    settle_startup()
     faust.Worker(app, loglevel=level, quiet=True, override_logging=False).execute_from_commandline()
     return 0
 

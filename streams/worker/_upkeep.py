@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,7 @@ class Upkeep:
         self._fence = fence
         self._config_path = config_path
         self._config_stamp = _stamp(config_path)
-        self._sweep: Iterator[SessionState] | None = None
+        self._sweep: Iterator[tuple[str, SessionState | bytes]] | None = None
 
     def install(self) -> None:
         app, conf = self._app, self.settings.worker
@@ -182,10 +183,24 @@ class Upkeep:
         # backlog (a restart, a burst) a session's newer events, its end included, may be waiting to be read,
         # and it is neither quiet nor overdue. A settled session has nothing more to wait for.
         owned = self._caught_up()
+        store = judge.store
         if self._sweep is None:
-            self._sweep = judge.store.states()
+            self._sweep = store.entries()
         states = []
-        for looked, state in enumerate(self._sweep, 1):
+        looked = 0
+        for key, value in islice(self._sweep, SWEEP_PER_TICK):
+            looked += 1
+            if isinstance(value, bytes):
+                # Cold (settled, kept as bytes) or not yet decoded since recovery. A session already
+                # scheduled to leave has nothing more to do here; one that is not settled is warmed, as
+                # the timers may act on it.
+                if key in departures:
+                    continue
+                state = store.peek(value)
+                if not settled(state):
+                    state = store.lookup(key) or state
+            else:
+                state = value
             # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
             # missed (its partition still recovering, or held by a member that had died) is watched now.
             # And it schedules the departure of settled sessions restored from the changelog.
@@ -200,9 +215,7 @@ class Upkeep:
                     departures.offer(state)
                 elif partition in owned and state.killed_by is None and not state.ended:
                     states.append(state)
-            if looked == SWEEP_PER_TICK:
-                break
-        else:
+        if looked < SWEEP_PER_TICK:
             self._sweep = None
         result = judge.pipeline.expire(states, now)
         if result.verdicts or result.stage_records:

@@ -230,3 +230,48 @@ def test_settled_sessions_depart_in_the_order_their_grace_runs_out_and_each_once
     assert departures.due(30_000, 10) == ["acked"]
     assert departures.due(10**9, 10) == []
     assert len(departures) == 0
+
+
+class _TableData(dict[bytes, object]):
+    """What `LiveStore` uses of the worker's Faust table store (`_restore.RestoringStore`)."""
+
+    def note_partition(self, key: bytes, partition: int) -> None:
+        self.setdefault(b"partition:" + key, partition)
+
+    def discard(self, key: bytes) -> None:
+        self.pop(key, None)
+
+
+class _Table:
+    def __init__(self) -> None:
+        self.data = _TableData()
+
+
+def test_a_settled_session_waits_out_its_grace_as_bytes_and_is_judged_again_when_heard_from() -> None:
+    from streams.worker._pipeline import settled
+    from streams.worker._store import LiveStore
+
+    store = LiveStore(
+        _Table(), SessionState, SessionState.from_bytes, SessionState.to_bytes, changelog_topic="changelog"
+    )
+    judge = pipeline(max_steps=2)
+    result = judge.judge(events(1, 2), store.lookup)
+    (state, _) = result.dirty["s-1"]
+    running = SessionState("s-2", tenant_id="t", user_id="u", steps=1, partition=1)
+    dirty = {"s-1": (state, 0), "s-2": (running, 1)}
+    state.ended = True  # as if its agent had said session.ended
+    written = store.checkpoint(dirty, cold=lambda key, state: settled(state))
+    # Both reach the changelog; only the settled one is held as the bytes written.
+    assert [(key, value) for _, _, key, value, _ in written] == [
+        (b"s-1", state.to_bytes()),
+        (b"s-2", running.to_bytes()),
+    ]
+    held = dict(store.entries())
+    assert held["s-1"] == state.to_bytes()
+    assert held["s-2"] is running
+    assert store.peek(state.to_bytes()) == state
+    assert isinstance(dict(store.entries())["s-1"], bytes)  # a peek leaves it cold
+    # Heard from again (a late event), it is decoded and judged from where it was: its third step kills.
+    (kill,) = judge.judge(events(3), store.lookup).kills
+    assert kill.breach_seq == 3
+    assert isinstance(dict(store.entries())["s-1"], SessionState)
