@@ -14,6 +14,7 @@ tripwire replay FILE.jsonl [--config FILE] [--json]         the detectors over r
                  [--expect LABELS.json]                     ... scored against labels: recall, false kills
 tripwire calibrate FILE.jsonl                               per-agent ceilings proposed from healthy runs
 tripwire scenarios DIR [--variant N]                        the scenario library as a recording and labels
+tripwire inventory [--config FILE] [--markdown]              which failure categories the config would catch
 tripwire schema                                             the wire contract as JSON Schema
 tripwire keygen                                             an Ed25519 key pair for signing commands
 tripwire bench [--bootstrap ... --redis ...] [--json]       throughput and kill latency
@@ -98,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, help="recorded events of healthy sessions, one JSON event per line")
     p.add_argument("--min-sessions", type=int, default=20, help="fewer sessions of an agent: no proposal")
     p.set_defaults(run=_calibrate)
+
+    p = sub.add_parser("inventory", help="which failure categories this config would catch, and which not")
+    p.add_argument(
+        "--config", type=Path, default=None, help="a worker config file; only its `detectors` section is read"
+    )
+    p.add_argument("--markdown", action="store_true", help="a Markdown checklist instead of text")
+    p.set_defaults(run=_inventory)
 
     p = sub.add_parser("scenarios", help="write the scenario library as a recording, its labels and config")
     p.add_argument("directory", type=Path)
@@ -393,6 +401,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     from streams.operator._replay import read_lines
 
     print(render_proposal(calibrate(read_lines(args.file)), min_sessions=args.min_sessions))
+    return 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    from streams.operator._inventory import inventory, render, render_markdown
+    from streams.operator._replay import detector_settings
+
+    source = str(args.config) if args.config else "the default configuration"
+    entries = inventory(detector_settings(args.config))
+    print((render_markdown if args.markdown else render)(entries, source=source), end="\n")
     return 0
 
 
