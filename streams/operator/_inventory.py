@@ -346,8 +346,7 @@ def render_markdown(entries: list[Entry], *, source: str) -> str:
         lines.append("")
         for cover in entry.covers:
             lines.append(
-                f"- **{cover.detector}** ({cover.mode}: {_does(cover)}): we would know from "
-                f"{cover.says}."
+                f"- **{cover.detector}** ({cover.mode}: {_does(cover)}): we would know from {cover.says}."
             )
         if not entry.covers:
             lines.append(f"- Nothing here would notice it; covering it takes {category.needs}.")
