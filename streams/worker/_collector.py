@@ -4,6 +4,13 @@ A full collection traces every tracked object the process holds. Modules, Faust'
 suite are built once and live as long as the process: `gc.freeze()` after startup moves them out of the
 collector's reach (reference counting still frees anything of theirs that is dropped). Session states that
 wait out their grace are kept as bytes (`_store.LiveStore`), which the collector does not trace either.
+And the youngest generation is collected every 10,000 net allocations instead of Python's 700: judging
+one event allocates dozens of short-lived objects (the parsed event, its verdict lists, the records out),
+nearly all freed by reference counting before any collection, so collecting them 14 times less often
+saves the tracing of the few that live a batch long. `make bench-kafka`, same code otherwise: 23,995 ev/s
+against 21,090 at Python's default, kill latency p99 21.4 ms against 21.8 ms; the longest pause seen was
+78 ms, a generation-1 collection while 100,000 fetched records of a backlog waited in the intake.
+
 `tripwire_gc_pause_seconds` says, per generation, how long the collector held the event loop: a kill
 latency tail that lines up with generation 2 pauses is the heap, not the broker.
 """
@@ -23,6 +30,9 @@ PAUSE = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
 
+# Net allocations between collections of the youngest generation; the older two keep Python's defaults.
+YOUNG_THRESHOLD = 10_000
+
 _started: dict[int, float] = {}
 _installed = False
 
@@ -38,10 +48,13 @@ def _measure(phase: str, info: dict[str, Any]) -> None:
 
 
 def settle_startup() -> None:
-    """Collect once, freeze what survived (the process's long-lived objects) and start measuring pauses."""
+    """Collect once, freeze what survived (the process's long-lived objects), collect the young generation
+    less often, and start measuring pauses."""
     global _installed
     gc.collect()
     gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_THRESHOLD, middle, old)
     if not _installed:
         _installed = True
         for generation in range(3):
