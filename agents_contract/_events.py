@@ -126,6 +126,29 @@ class MessageSent(_Envelope):
     external: Literal[True] | None = None
 
 
+class ContextSource(BaseModel):
+    """One source of what went into a model turn's context: which one, how fresh, whose. Never content."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    # The source (a store, an index, an API: "crm.accounts", "kb/pricing") and the item's id in it.
+    name: _Name
+    id: Annotated[str, Field(max_length=256)] = ""
+    # When the item was fetched, and until when its owner says it holds (either, both or neither).
+    fetched_at_ms: Annotated[int, Field(ge=0, lt=2**53)] | None = None
+    valid_until_ms: Annotated[int, Field(ge=0, lt=2**53)] | None = None
+    # Whose data it is, when the source knows: a tenant's, a user's.
+    owner_tenant_id: _Id | None = None
+    owner_user_id: _Id | None = None
+
+
+class ContextAssembled(_Envelope):
+    """The sources assembled into the context of the agent's next model turn."""
+
+    kind: Literal["context.assembled"] = "context.assembled"
+    sources: Annotated[list[ContextSource], Field(min_length=1, max_length=64)]
+
+
 class AgentWaiting(_Envelope):
     kind: Literal["agent.waiting"] = "agent.waiting"
     waiting_on_agent_id: _Id
@@ -158,6 +181,7 @@ AgentEvent: TypeAlias = Annotated[
     | MemoryWritten
     | MemoryRead
     | MessageSent
+    | ContextAssembled
     | AgentWaiting
     | Heartbeat
     | ControlAck,
@@ -174,6 +198,7 @@ EVENT_KINDS: Final = (
     MemoryWritten,
     MemoryRead,
     MessageSent,
+    ContextAssembled,
     AgentWaiting,
     Heartbeat,
     ControlAck,

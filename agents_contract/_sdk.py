@@ -34,7 +34,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 
@@ -45,7 +45,7 @@ from redis.exceptions import RedisError
 
 from agents_contract._circuits import MAX_OPEN_S, ToolCircuitOpen, ToolCircuits
 from agents_contract._commands import ED25519, CommandSigner, KillCommand, parse_command, refusal
-from agents_contract._events import SCHEMA_VERSION, ContractError, _Id
+from agents_contract._events import SCHEMA_VERSION, ContextSource, ContractError, _Id
 from agents_contract._fence import Fence
 from agents_contract._fingerprint import canonical_digest, fingerprints, sketch
 from agents_contract._gate import BudgetGate, Refusal, Reservation
@@ -53,7 +53,7 @@ from agents_contract._health import COMMANDS_REJECTED, REFUSED, Health, OnOutage
 from agents_contract._kafka import ControlSubscription, EventPublisher
 from agents_contract._provenance import RecordSigner
 from agents_contract._security import KafkaSecurity
-from agents_contract._text import clip
+from agents_contract._text import clip, clip_id
 
 T = TypeVar("T")
 C = TypeVar("C", "ToolCall", "ModelCall")
@@ -183,6 +183,28 @@ def _checked_id(what: str, value: str) -> str:
         raise ValueError(
             f"{what} {value[:80]!r} is not a valid id: 1-128 characters of A-Z a-z 0-9 . _ : @ / + = -"
         ) from None
+
+
+_MAX_SOURCES: Final = 64
+
+
+def _context_source(source: ContextSource | Mapping[str, Any]) -> ContextSource:
+    if isinstance(source, ContextSource):
+        return source
+    fields = dict(source)
+    if isinstance(fields.get("name"), str):
+        fields["name"] = clip(fields["name"], 256)
+    if isinstance(fields.get("id"), str):
+        fields["id"] = clip_id(fields["id"], 256)  # still unique, still recognisable
+    try:
+        return ContextSource.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'source'}: {err['msg']}"
+            for err in exc.errors(include_url=False)[:3]
+        )
+        name = str(fields.get("name"))[:80]
+        raise ValueError(f"context source {name!r} is not valid: {problems}") from None
 
 
 def _usd(what: str, value: float) -> float:
@@ -1045,6 +1067,32 @@ class GuardedSession:
                 "external": True,
             },
         )
+
+    async def context_used(
+        self, sources: Iterable[ContextSource | Mapping[str, Any]], *, agent_id: str | None = None
+    ) -> None:
+        """Report the sources assembled into the context of the agent's next model turn: per source its
+        name, the item's id, when it was fetched or is valid until, and whose it is (never its content), so
+        the worker can tell stale data (`context_freshness`) and another tenant's or user's data
+        (`context_scope`) in a turn."""
+        self.check()
+        self.record_context(sources, agent_id=agent_id)
+
+    def record_context(
+        self, sources: Iterable[ContextSource | Mapping[str, Any]], *, agent_id: str | None = None
+    ) -> None:
+        """`context_used` for code that cannot await it; nothing once killed. A source that is not one
+        (a bad owner id, a negative time) raises ValueError naming it; an id or name past its limit is
+        clipped. More than 64 sources go out as several events."""
+        if self.kill is not None:
+            return
+        checked = [_context_source(source) for source in sources]
+        agent = self._agent(agent_id)
+        for at in range(0, len(checked), _MAX_SOURCES):
+            part = checked[at : at + _MAX_SOURCES]
+            self._emit(
+                "context.assembled", agent, {"sources": [s.model_dump(exclude_none=True) for s in part]}
+            )
 
     async def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
         """Report a write of `content` (text or JSON-like) to memory `store` under `key`: only its

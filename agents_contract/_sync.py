@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from agents_contract._commands import KillCommand
+from agents_contract._events import ContextSource
 from agents_contract._sdk import (
     AgentGuard,
     GuardedSession,
@@ -237,6 +238,11 @@ class SyncSession:
 
     def record_input(self, content: Any, *, from_agent_id: str = "user", agent_id: str | None = None) -> None:
         self.session.record_input(content, from_agent_id=from_agent_id, agent_id=agent_id)
+
+    def context_used(
+        self, sources: Iterable[ContextSource | Mapping[str, Any]], *, agent_id: str | None = None
+    ) -> None:
+        self._guard.call(self.session.context_used(sources, agent_id=agent_id))
 
     def remember(self, store: str, key: str, content: Any, *, agent_id: str | None = None) -> None:
         self._guard.call(self.session.remember(store, key, content, agent_id=agent_id))

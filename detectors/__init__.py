@@ -2,7 +2,7 @@
 injected clock, so the worker, `tripwire replay` and the tests run the same code."""
 
 from detectors._ceilings import CeilingLimits, CostCeiling, StepCeiling, TokenCeiling, ceilings
-from detectors._context import ContextBlowup
+from detectors._context import ContextBlowup, ContextFreshness, ContextScope
 from detectors._errors import ErrorBurst, ErrorPropagation
 from detectors._keyed import (
     CORRELATED_QUIET,
@@ -71,6 +71,8 @@ __all__ = [
     "Clock",
     "ContentOwnership",
     "ContextBlowup",
+    "ContextFreshness",
+    "ContextScope",
     "CorrelatedQuiet",
     "CostCeiling",
     "CyclicPattern",

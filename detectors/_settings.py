@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from detectors._ceilings import CostCeiling, StepCeiling, TokenCeiling
-from detectors._context import ContextBlowup
+from detectors._context import ContextBlowup, ContextFreshness, ContextScope
 from detectors._errors import ErrorBurst, ErrorPropagation
 from detectors._keyed import (
     AgentRollingBudget,
@@ -189,6 +189,24 @@ class ContextBlowupSettings(_Section):
     min_growth_tokens: Annotated[int, Field(ge=0)] = 50_000
 
 
+_Pattern = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class ContextFreshnessSettings(_Section):
+    # Warns (by default) when a turn's context used a source past its freshness: older than the TTL of the
+    # first pattern (glob: `*`, `?`, `[...]`) its name matches, in the order given, or than `default_ttl_s`
+    # when none does (null: only the source's own valid_until is checked).
+    mode: Mode = "warn"
+    ttl_s: dict[_Pattern, _Seconds] = Field(default_factory=dict)
+    default_ttl_s: _Seconds | None = None
+
+
+class ContextScopeSettings(_Section):
+    # Kills (by default) when a turn's context used data its source says another tenant or user owns.
+    # Sources matching these globs are shared on purpose (a public knowledge base) and left alone.
+    shared_sources: list[_Pattern] = Field(default_factory=list)
+
+
 class MemoryWriteAmplificationSettings(_Section):
     mode: Mode = "warn"
     writes: Annotated[int, Field(ge=2)] = 50
@@ -272,6 +290,8 @@ class DetectorSettings(BaseModel):
     error_burst: ErrorBurstSettings = ErrorBurstSettings()
     error_propagation: ErrorPropagationSettings = ErrorPropagationSettings()
     context_blowup: ContextBlowupSettings = ContextBlowupSettings()
+    context_freshness: ContextFreshnessSettings = ContextFreshnessSettings()
+    context_scope: ContextScopeSettings = ContextScopeSettings()
     memory_write_amplification: MemoryWriteAmplificationSettings = MemoryWriteAmplificationSettings()
     tenant_daily_budget: TenantDailyBudgetSettings = TenantDailyBudgetSettings()
     agent_budget: AgentBudgetSettings = AgentBudgetSettings()
@@ -410,6 +430,11 @@ def session_detectors(s: DetectorSettings) -> DetectorSet:
             min_growth_tokens=c.min_growth_tokens,
         ),
     )
+    f = s.context_freshness
+    ttls = {pattern: _ms(ttl) for pattern, ttl in f.ttl_s.items()}
+    default_ttl = None if f.default_ttl_s is None else _ms(f.default_ttl_s)
+    arm(f, ContextFreshness(ttl_ms=ttls, default_ttl_ms=default_ttl))
+    arm(s.context_scope, ContextScope(shared_sources=s.context_scope.shared_sources))
     m = s.memory_write_amplification
     arm(m, MemoryWriteAmplification(writes=m.writes, window_ms=_ms(m.window_s)))
     return tuple(armed)

@@ -19,6 +19,7 @@ class FailureClass(StrEnum):
     MULTI_AGENT_DEADLOCK = "multi_agent_deadlock"
     CONTEXT_BLOWUP = "context_blowup"
     CONTRACT_VIOLATION = "contract_violation"
+    CONTEXT_BLINDNESS = "context_blindness"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,16 @@ from typing import Any, Literal
 
 import orjson
 
-from agents_contract import AgentEvent, AgentGuard, Fence, GuardedSession, SessionKilled, encode_event
+from agents_contract import (
+    AgentEvent,
+    AgentGuard,
+    ContextAssembled,
+    Fence,
+    GuardedSession,
+    Heartbeat,
+    SessionKilled,
+    encode_event,
+)
 from detectors import wall_clock
 from sinks import Alert
 from streams._kafka import RecordProducer, TopicReader
@@ -33,7 +42,7 @@ from streams.lab._stack import LocalStack
 # Every detector on with its defaults; only the timers are shortened so the demo does not wait minutes.
 DEMO_DETECTORS: dict[str, Any] = {"stall": {"quiet_s": 4.0}, "tool_circuit": {"open_s": 5.0}}
 # Detectors whose default mode warns rather than kills.
-_WARNS = {"burn_rate", "memory_write_amplification"}
+_WARNS = {"burn_rate", "memory_write_amplification", "context_freshness"}
 _RUNAWAY_BOUND = 400
 _VERDICT_DEADLINE_S = 90.0
 
@@ -182,7 +191,27 @@ def _moved_to_now(events: list[AgentEvent], now_ms: int) -> list[AgentEvent]:
     if not events:
         return events
     delta = now_ms - max(e.event_time_ms for e in events)
-    return [e.model_copy(update={"event_time_ms": e.event_time_ms + delta}) for e in events]
+    return [_shifted(e, delta) for e in events]
+
+
+def _shifted(event: AgentEvent, delta: int) -> AgentEvent:
+    """The event `delta` ms later, with the times it carries besides its own (a heartbeat's call start,
+    a context source's fetch and validity) moved alike."""
+    update: dict[str, Any] = {"event_time_ms": event.event_time_ms + delta}
+    if isinstance(event, Heartbeat) and event.in_call_since_ms is not None:
+        update["in_call_since_ms"] = event.in_call_since_ms + delta
+    elif isinstance(event, ContextAssembled):
+        update["sources"] = [
+            source.model_copy(
+                update={
+                    key: getattr(source, key) + delta
+                    for key in ("fetched_at_ms", "valid_until_ms")
+                    if getattr(source, key) is not None
+                }
+            )
+            for source in event.sources
+        ]
+    return event.model_copy(update=update)
 
 
 async def publish_recorded(stack: LocalStack, recorded: list[Recorded]) -> None:

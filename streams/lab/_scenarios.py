@@ -25,6 +25,8 @@ import orjson
 from agents_contract import (
     AgentEvent,
     AgentWaiting,
+    ContextAssembled,
+    ContextSource,
     Heartbeat,
     MemoryRead,
     MemoryWritten,
@@ -221,6 +223,18 @@ class _Session:
         self._add(
             MemoryRead(**self._env(agent, at), store=store, key=key, fingerprints=fingerprints(text)), 0.5
         )
+
+    def context(self, *sources: dict[str, Any], agent: str = "agent", at: float | None = None) -> None:
+        """The sources assembled into the agent's next turn (`session.context_used`); `fetched_at` and
+        `valid_until` in seconds of the scenario's clock."""
+        built = []
+        for source in sources:
+            fields = dict(source)
+            for key in ("fetched_at", "valid_until"):
+                if key in fields:
+                    fields[f"{key}_ms"] = T0 + int(fields.pop(key) * 1000)
+            built.append(ContextSource(**fields))
+        self._add(ContextAssembled(**self._env(agent, at), sources=built), 0.2)
 
 
 _RECORD = (
@@ -631,6 +645,31 @@ def _runaways(lib: _Library, rng: random.Random) -> None:
     )
     reader.end()
 
+    # A retrieval step that mixed another user's CRM record into the context of this user's turn.
+    scenario = lib.scenario("foreign-context", "context_scope")
+    s = lib.session(scenario, user="eve")
+    s.turn(at=2.0)
+    s.context(
+        {"name": "kb/public/returns-policy", "fetched_at": 0.0},
+        {
+            "name": "crm.accounts",
+            "id": "acct-4471",
+            "fetched_at": 2.5,
+            "owner_tenant_id": lib.tenant,
+            "owner_user_id": f"{lib.prefix}-dana",
+        },
+    )
+    s.turn()
+    s.end()
+
+    # A price list cached past the time its source said it holds: worth a page, not a kill.
+    scenario = lib.scenario("stale-context", "context_freshness")
+    scenario.labelled = False  # warns by default
+    s = lib.session(scenario)
+    s.context({"name": "pricing.list", "id": "2025-q4", "fetched_at": 0.0, "valid_until": 1.0}, at=30.0)
+    s.turn()
+    s.end()
+
     scenario = lib.scenario("key-leak", "memory_namespace_leak")
     scenario.killed, scenario.spared = ("-reader",), ("-owner",)
     owner = lib.session(scenario, "-owner", user="sam")
@@ -684,6 +723,23 @@ def _healthy(lib: _Library, rng: random.Random) -> None:
         {"page": "q"},
         prints=fingerprints(_PUBLIC_PAGE),
         at=10.0,
+    )
+    s.turn()
+    s.end()
+
+    # The user's own records, a tenant-wide handbook and a fresh public page in one turn's context.
+    s = lib.session(lib.scenario("own-context", None), user="dana")
+    s.context(
+        {
+            "name": "crm.accounts",
+            "id": "acct-4471",
+            "fetched_at": 0.5,
+            "owner_tenant_id": lib.tenant,
+            "owner_user_id": f"{lib.prefix}-dana",
+        },
+        {"name": "handbook", "id": "returns", "owner_tenant_id": lib.tenant},
+        {"name": "web", "id": "https://example.com/returns", "fetched_at": 1.0, "valid_until": 3_600.0},
+        at=2.0,
     )
     s.turn()
     s.end()

@@ -58,7 +58,7 @@ CATEGORIES: Final = (
         ("deadlock", "stall", "correlated_quiet", "agent_ping_pong"),
     ),
     Category("cascading_errors", "cascading errors", ("error_burst", "error_propagation")),
-    Category("memory_leakage", "memory leakage", ("memory_leak", "memory_namespace_leak")),
+    Category("memory_leakage", "memory leakage", ("memory_leak", "memory_namespace_leak", "context_scope")),
     Category(
         "rogue_actions",
         "rogue actions",
@@ -69,9 +69,8 @@ CATEGORIES: Final = (
     Category(
         "context_blindness",
         "context blindness",
-        (),
-        "the sources of each turn's context with their freshness and owner, which this version does not "
-        "report",
+        ("context_freshness", "context_scope"),
+        "the SDK's reports of each turn's context sources (`context_used`) and a freshness or scope rule",
     ),
     Category(
         "silent_degradation",
@@ -175,6 +174,17 @@ def _error_burst(s: Any, d: DetectorSettings) -> str:
     return out
 
 
+def _freshness(s: Any, d: DetectorSettings) -> str:
+    ttls = [f"{pattern} older than {_span(ttl)}" for pattern, ttl in s.ttl_s.items()]
+    if s.default_ttl_s is not None:
+        ttls.append(f"any other older than {_span(s.default_ttl_s)}")
+    rule = "; ".join(ttls) if ttls else "no TTL configured, so only sources' own valid_until"
+    return (
+        f"a turn's context using a source past its freshness ({rule}), when agents report their "
+        "context sources"
+    )
+
+
 def _tool_circuit(s: Any, d: DetectorSettings) -> str:
     scope = "for everyone (fleet)" if s.scope == "fleet" else "for that tenant"
     return (
@@ -226,6 +236,12 @@ _SAYS: Final[dict[str, Callable[[Any, DetectorSettings], str | None]]] = {
     "correlated_quiet": lambda s, d: (
         f"{s.min_sessions} sessions of one tenant (and model) going silent within {_span(s.window_s)} of "
         "each other: one incident (a provider hang), paged once"
+    ),
+    "context_freshness": _freshness,
+    "context_scope": lambda s, d: (
+        "a turn's context holding data its source says belongs to another tenant or user"
+        + (f" (shared sources left alone: {', '.join(s.shared_sources)})" if s.shared_sources else "")
+        + ", when agents report their context sources"
     ),
     "error_burst": _error_burst,
     "error_propagation": lambda s, d: (

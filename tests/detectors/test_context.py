@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents_contract import AgentEvent, TurnCompleted
+from agents_contract import AgentEvent, ContextAssembled, ContextSource, TurnCompleted
 from detectors import FailureClass, SessionState, Verdict
-from detectors._context import CONTEXT_DETECTORS, ContextBlowup
-from tests.detectors.sessions import SessionUnderTest
+from detectors._context import CONTEXT_DETECTORS, ContextBlowup, ContextFreshness, ContextScope
+from tests.detectors.sessions import T0, SessionUnderTest
 
 
 class Session(SessionUnderTest):
@@ -164,3 +164,91 @@ def test_state_stays_small_and_json_after_ten_thousand_out_of_order_events(seed:
     assert all(len(history) <= 16 for history in agents_kept.values())
     assert len(orjson.dumps(s.state.slots)) < 1_000
     assert SessionState.from_bytes(s.state.to_bytes()).slots == s.state.slots
+
+
+# Context freshness and scope: what the SDK says went into a turn's context
+
+
+def _assembled(s: Session, *sources: dict[str, Any], agent: str = "a1") -> list[Verdict]:
+    event = ContextAssembled(**s.at(agent, None), sources=[ContextSource(**src) for src in sources])
+    return s.suite.observe(s.state, event).verdicts
+
+
+def test_a_source_older_than_the_ttl_of_its_pattern_warns_once() -> None:
+    s = Session(ContextFreshness(ttl_ms={"crm.*": 900_000, "kb/*": 86_400_000}))
+    now = T0 + 1_000
+    fresh = {"name": "crm.accounts", "id": "acct-7", "fetched_at_ms": now - 900_000}
+    assert _assembled(s, fresh) == []
+    s.t = 0
+    stale = {"name": "crm.accounts", "id": "acct-7", "fetched_at_ms": now - 7_200_000}
+    (verdict,) = _assembled(s, {"name": "kb/pricing", "fetched_at_ms": now - 3_600_000}, stale)
+    assert verdict.detector == "context_freshness"
+    assert verdict.failure_class is FailureClass.CONTEXT_BLINDNESS
+    assert verdict.advisory
+    assert (verdict.observed, verdict.threshold) == (7_200, 900)
+    assert verdict.evidence["rule"] == "crm.*"
+    assert verdict.evidence["source_id"] == "acct-7"
+    assert "crm.accounts/acct-7, fetched 2 h before the turn; its TTL is 15 min (crm.*)" in verdict.reason
+    # Given once per session.
+    s.t = 0
+    assert _assembled(s, stale) == []
+
+
+def test_a_source_past_its_own_valid_until_is_stale_whatever_the_ttl() -> None:
+    s = Session(ContextFreshness())
+    (verdict,) = _assembled(
+        s,
+        {"name": "prices", "valid_until_ms": T0 + 2_000},  # not yet
+        {"name": "inventory", "id": "sku-1", "valid_until_ms": T0 - 59_000},
+    )
+    assert verdict.evidence["rule"] == "valid_until"
+    assert "inventory/sku-1, 60 s past the valid_until its source gave it" in verdict.reason
+
+
+def test_no_ttl_for_a_name_and_no_default_means_only_valid_until_is_checked() -> None:
+    s = Session(ContextFreshness(ttl_ms={"crm.*": 60_000}))
+    assert _assembled(s, {"name": "web", "fetched_at_ms": 0}) == []
+    s2 = Session(ContextFreshness(ttl_ms={"crm.*": 60_000}, default_ttl_ms=3_600_000))
+    (verdict,) = _assembled(s2, {"name": "web", "fetched_at_ms": 0})
+    assert verdict.evidence["rule"] == "default_ttl_s"
+
+
+def test_another_tenants_or_users_data_in_the_context_is_a_scope_breach() -> None:
+    s = Session(ContextScope(shared_sources=["kb/public/*"]))
+    own = {"name": "crm.accounts", "owner_tenant_id": "acme", "owner_user_id": "u-1"}
+    shared = {"name": "kb/public/faq", "owner_tenant_id": "vendor"}
+    unowned = {"name": "web"}
+    assert _assembled(s, own, shared, unowned) == []
+    foreign = {"name": "crm.accounts", "id": "acct-9", "owner_tenant_id": "globex"}
+    (verdict,) = _assembled(s, own, foreign)
+    assert verdict.detector == "context_scope"
+    assert verdict.failure_class is FailureClass.MEMORY_CORRUPTION
+    assert not verdict.advisory
+    assert verdict.evidence["owner_tenant_id"] == "globex"
+    assert "crm.accounts/acct-9, which belongs to tenant globex" in verdict.reason
+
+
+def test_a_user_of_the_same_tenant_is_another_scope() -> None:
+    s = Session(ContextScope())
+    (verdict,) = _assembled(s, {"name": "mail", "owner_tenant_id": "acme", "owner_user_id": "u-2"})
+    assert "which belongs to user u-2 of tenant acme" in verdict.reason
+    s2 = Session(ContextScope())
+    assert _assembled(s2, {"name": "mail", "owner_user_id": "u-1"}) == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["crm.a", "crm.b", "kb/x", "web"]), st.integers(0, 10_000_000)),
+        min_size=1,
+        max_size=64,
+    )
+)
+def test_freshness_fires_exactly_when_some_source_is_older_than_its_ttl(
+    sources: list[tuple[str, int]],
+) -> None:
+    ttls = {"crm.*": 600_000, "kb/*": 3_600_000}
+    s = Session(ContextFreshness(ttl_ms=ttls))
+    at = T0 + 1_000
+    fired = _assembled(s, *({"name": n, "fetched_at_ms": at - age} for n, age in sources))
+    limit = {"crm.a": 600_000, "crm.b": 600_000, "kb/x": 3_600_000}
+    assert bool(fired) == any(name in limit and age > limit[name] for name, age in sources)

@@ -184,3 +184,63 @@ async def test_sessions_hung_on_one_model_are_paged_once_and_none_is_killed(
                 assert await fence.lookup(sid) is None
         finally:
             await fence.close()
+
+
+async def test_another_users_record_in_a_turns_context_kills_and_a_stale_source_pages(
+    broker: Broker, redis_url: str
+) -> None:
+    detectors = budget_only(max_steps=1000)
+    detectors["context_scope"] = {"shared_sources": ["kb/public/*"]}
+    detectors["context_freshness"] = {"ttl_s": {"crm.*": 60}}
+    async with LocalStack(
+        **broker.stack_options(redis_url), detectors=detectors, private_topics=True
+    ) as stack:
+        tag = uuid.uuid4().hex[:6]
+        stale, breach = f"stale-{tag}", f"breach-{tag}"
+        async with stack.guard() as guard:
+            now = guard.now_ms()
+            async with guard.session(stale, agent_id="a1", tenant_id="acme", user_id="eve") as session:
+                await session.context_used(
+                    [
+                        {"name": "crm.accounts", "id": "acct-1", "fetched_at_ms": now - 3_600_000},
+                        {"name": "kb/public/faq", "owner_tenant_id": "vendor"},
+                    ]
+                )
+                await session.call_tool("answer", {"q": 1}, _answer, 1)
+            async with guard.session(breach, agent_id="a1", tenant_id="acme", user_id="eve") as session:
+                await session.context_used(
+                    [
+                        {
+                            "name": "crm.accounts",
+                            "id": "acct-2",
+                            "owner_tenant_id": "acme",
+                            "owner_user_id": "dana",
+                        }
+                    ]
+                )
+                await session.wait_killed()
+                with pytest.raises(SessionKilled):
+                    await session.call_tool("answer", {"q": 2}, _answer, 2)
+        async with TopicReader(stack.bootstrap, stack.topics["alerts"], security=stack.security) as alerts:
+            seen: list[dict[str, Any]] = []
+
+            async def both_paged() -> bool:
+                seen.extend(orjson.loads(v or b"") for _, v, _ in await alerts.read())
+                return len(seen) >= 2
+
+            await wait_for("the warning and the kill", both_paged)
+        by_session = {a["session_id"]: a for a in seen}
+        assert (by_session[stale]["action"], by_session[stale]["detector"]) == ("warned", "context_freshness")
+        assert by_session[stale]["failure_class"] == "context_blindness"
+        assert "crm.accounts/acct-1, fetched 60 min before the turn" in by_session[stale]["reason"]
+        kill = by_session[breach]
+        assert (kill["action"], kill["detector"], kill["failure_class"]) == (
+            "killed",
+            "context_scope",
+            "memory_corruption",
+        )
+        assert "which belongs to user dana of tenant acme" in kill["reason"]
+
+
+async def _answer(q: int) -> int:
+    return q
