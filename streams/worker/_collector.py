@@ -7,9 +7,11 @@ wait out their grace are kept as bytes (`_store.LiveStore`), which the collector
 And the youngest generation is collected every 10,000 net allocations instead of Python's 700: judging
 one event allocates dozens of short-lived objects (the parsed event, its verdict lists, the records out),
 nearly all freed by reference counting before any collection, so collecting them 14 times less often
-saves the tracing of the few that live a batch long. `make bench-kafka`, same code otherwise: 23,995 ev/s
-against 21,090 at Python's default, kill latency p99 21.4 ms against 21.8 ms; the longest pause seen was
-78 ms, a generation-1 collection while 100,000 fetched records of a backlog waited in the intake.
+saves the tracing of the few that live a batch long. `scripts/bench-kafka.sh .venv/bin/python --events
+100000 --kills 100 --flood 2000`, same code otherwise, in one hour: 23,995 and 23,181 ev/s against 21,090
+at Python's default, kill latency p99 21.4 and 13.0 ms against 21.8 ms; 20,000 gave no more (23,165 and
+23,805) and longer tails (p99 23.5 and 34.6 ms). The longest pause seen was 78 ms, a generation-1
+collection while 100,000 fetched records of a backlog waited in the intake.
 
 `tripwire_gc_pause_seconds` says, per generation, how long the collector held the event loop: a kill
 latency tail that lines up with generation 2 pauses is the heap, not the broker.

@@ -192,13 +192,13 @@ class Upkeep:
             looked += 1
             if isinstance(value, bytes):
                 # Cold (settled, kept as bytes) or not yet decoded since recovery. A session already
-                # scheduled to leave has nothing more to do here; one that is not settled is warmed, as
-                # the timers may act on it.
+                # scheduled to leave has nothing more to do here; one that is not settled is kept decoded,
+                # as the timers may act on it.
                 if key in departures:
                     continue
                 state = store.peek(value)
                 if not settled(state):
-                    state = store.lookup(key) or state
+                    store.keep(key, state)
             else:
                 state = value
             # The sweep also keeps the kill watch whole: a pending kill that the rebuild after a rebalance
